@@ -1,0 +1,6 @@
+"""Model families written as plain Pyro models (and guides where a family needs one)."""
+
+from pplx.models.eight_schools import eight_schools
+from pplx.models.logistic import logistic_regression
+
+__all__ = ["eight_schools", "logistic_regression"]

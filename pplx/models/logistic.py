@@ -1,0 +1,50 @@
+"""Bayesian logistic regression as a plain Pyro model."""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+
+
+def logistic_regression(
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    prior_scale: float = 1.0,
+    subsample_size: int | None = None,
+) -> torch.Tensor:
+    r"""Bayesian logistic regression.
+
+    .. math::
+
+        w \sim \mathcal N(0, s^2 I_D),\quad b \sim \mathcal N(0, 5^2),\quad
+        y_n \mid w, b \sim \mathrm{Bernoulli}(\sigma(x_n^\top w + b)).
+
+    The model broadcasts over batch dimensions left of its ``data`` plate, so engines can
+    evaluate many particles or chains in one call.
+
+    Args:
+        x: Inputs of shape ``(N, D)``.
+        y: Labels of shape ``(N,)`` in ``{0, 1}``, or ``None`` to simulate them.
+        prior_scale: Prior standard deviation ``s`` of the weights.
+        subsample_size: Minibatch size for the ``data`` plate (Pyro rescales the likelihood).
+
+    Returns:
+        The (observed or simulated) labels of the data points in the plate.
+    """
+    if x.dim() != 2:
+        raise ValueError(f"logistic_regression: x must have shape (N, D), got {tuple(x.shape)}")
+    num_data, num_features = x.shape
+    if y is not None and y.shape != (num_data,):
+        raise ValueError(
+            f"logistic_regression: y must have shape (N,) = ({num_data},) to match x, "
+            f"got {tuple(y.shape)}; flatten it with y.reshape(-1)."
+        )
+    w = pyro.sample("w", dist.Normal(x.new_zeros(num_features), prior_scale).to_event(1))
+    b = pyro.sample("b", dist.Normal(x.new_zeros(()), 5.0))
+    with pyro.plate("data", num_data, subsample_size=subsample_size, device=x.device) as idx:
+        x_batch = x[idx]
+        # The elementwise product broadcasts: w of shape (..., 1, D) from a particle plate
+        # left of the data plate gives logits of shape (..., N).
+        logits = (x_batch * w).sum(-1) + b
+        return pyro.sample("obs", dist.Bernoulli(logits=logits), obs=None if y is None else y[idx])
