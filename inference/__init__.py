@@ -1,1 +1,42 @@
-"""pplx.inference: the engines that fit Pyro models, and the one Result type they return."""
+"""pplx.inference: the engines that fit Pyro models, and the one Result type they return.
+
+Importing this package registers the built-in engines with the workflow registry, so the
+``pplx demo`` command finds them.
+"""
+
+# Built-in engines register themselves with the workflow (imported last: they use the above).
+from pplx.inference import builtin_engines  # noqa: E402, F401, I001
+from pplx.inference.arviz_io import to_inference_data
+from pplx.inference.checkpoint import load_checkpoint, save_checkpoint
+from pplx.inference.mcmc import NUTS, result_from_mcmc
+from pplx.inference.registry import (
+    EngineSpec,
+    FitConfig,
+    Problem,
+    engines,
+    get_engine,
+    register_engine,
+)
+from pplx.inference.results import Result
+from pplx.inference.svi import SVI, EarlyStopping, NonFiniteLossError, SVIState
+from pplx.inference.validation import ModelError
+
+__all__ = [
+    "SVI",
+    "EarlyStopping",
+    "EngineSpec",
+    "FitConfig",
+    "ModelError",
+    "NUTS",
+    "NonFiniteLossError",
+    "Problem",
+    "Result",
+    "SVIState",
+    "engines",
+    "get_engine",
+    "load_checkpoint",
+    "register_engine",
+    "result_from_mcmc",
+    "save_checkpoint",
+    "to_inference_data",
+]

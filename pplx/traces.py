@@ -77,7 +77,7 @@ def trace_program(fn: Callable, *args: Any, **kwargs: Any) -> poutine.Trace:
 
 
 def max_plate_nesting(*traces: poutine.Trace) -> int:
-    """Number of batch dimensions used by the plates in ``traces`` (Pyro's ``max_plate_nesting``)."""
+    """Number of batch dimensions the plates in ``traces`` use (Pyro's ``max_plate_nesting``)."""
     depth = 0
     for trace in traces:
         for site in trace.nodes.values():
@@ -117,7 +117,12 @@ def to_particle_layout(value: torch.Tensor, info: SiteInfo, plate_nesting: int) 
 
 def from_particle_layout(value: torch.Tensor, shape: torch.Size, num: int) -> torch.Tensor:
     """Inverse of :func:`to_particle_layout`: return ``(S, *shape)``."""
-    return value.expand(value.shape[:1] + value.shape[1:]).reshape((num,) + tuple(shape))
+    shape = tuple(shape)
+    if value.dim() <= len(shape):  # the value does not vary across particles
+        return value.expand((num,) + shape)
+    if value.shape[0] == 1 and num > 1:
+        value = value.expand((num,) + value.shape[1:])
+    return value.reshape((num,) + shape)
 
 
 def vectorized_trace(

@@ -1,0 +1,213 @@
+"""Sphinx configuration for the pplx documentation.
+
+Build with ``make docs`` or ``sphinx-build -W --keep-going -b html docs docs/_build/html``;
+``tests/test_docs.py`` runs the same build with warnings as errors.
+
+The API reference is generated here, at configuration time: every public module under
+``pplx/`` and ``inference/`` (installed as ``pplx.inference``) gets a page in
+``docs/api/generated/`` (git-ignored) with an ``automodule`` directive. A module therefore
+appears in the reference as soon as its file exists, and a module that fails to import fails
+the build instead of silently disappearing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+GENERATED = DOCS / "api" / "generated"
+
+# -- Project -------------------------------------------------------------------------------------
+
+project = "pplx"
+author = "pplx developers"
+copyright = "pplx developers"
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version as installed_version
+
+        return installed_version("pyro-pplx")
+    except Exception:  # not installed: read it off the source tree
+        for line in (ROOT / "pyproject.toml").read_text().splitlines():
+            if line.startswith("version"):
+                return line.split("=", 1)[1].strip().strip('"')
+    return "unknown"
+
+
+release = _version()
+version = ".".join(release.split(".")[:2])
+
+# -- General -------------------------------------------------------------------------------------
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.viewcode",
+    "sphinx.ext.mathjax",
+]
+# No intersphinx: the build has to work without network access.
+
+root_doc = "index"
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
+templates_path: list[str] = []
+nitpicky = False
+pygments_style = "sphinx"
+default_role = "py:obj"
+
+# -- autodoc / napoleon --------------------------------------------------------------------------
+
+autodoc_member_order = "bysource"
+autodoc_typehints = "signature"
+autodoc_preserve_defaults = True
+autodoc_default_options = {"show-inheritance": True}
+autoclass_content = "class"
+
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+napoleon_include_init_with_doc = False
+napoleon_use_rtype = False
+# ``Attributes:`` sections become field lists rather than ``.. attribute::`` entries, so a
+# dataclass field that also carries a ``#:`` comment is not described twice.
+napoleon_use_ivar = True
+
+# -- HTML ----------------------------------------------------------------------------------------
+
+html_theme = "alabaster"
+html_title = f"pplx {release}"
+html_theme_options = {
+    "description": "Programmable inference for Pyro",
+    "fixed_sidebar": True,
+}
+html_static_path: list[str] = []
+
+# Third-party libraries announce API changes with FutureWarning/DeprecationWarning at import
+# time (ArviZ does); they are not documentation problems, keep the build output quiet.
+warnings.filterwarnings("ignore", category=FutureWarning)
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+# -- API reference generation --------------------------------------------------------------------
+
+# Import package -> source folder (setup.py / pyproject map ``inference/`` to ``pplx.inference``).
+PACKAGES = {
+    "language": ("pplx", ROOT / "pplx"),
+    "engines": ("pplx.inference", ROOT / "inference"),
+}
+
+
+def discover_modules(package: str, folder: Path) -> list[tuple[str, bool]]:
+    """Public modules under ``folder`` as ``(dotted name, is_package)``, parents first.
+
+    Private modules (a path part starting with ``_``, which includes ``__main__``) and folders
+    that are not packages (no ``__init__.py``) are skipped.
+    """
+    found = []
+    for path in folder.rglob("*.py"):
+        rel = path.relative_to(folder)
+        parts = list(rel.with_suffix("").parts)
+        is_package = parts[-1] == "__init__"
+        if is_package:
+            parts = parts[:-1]
+        if any(part.startswith("_") for part in parts):
+            continue
+        parent = folder
+        ok = True
+        for part in rel.parts[:-1]:
+            parent = parent / part
+            if not (parent / "__init__.py").is_file():
+                ok = False
+                break
+        if not ok:
+            continue
+        found.append((tuple(parts), ".".join([package, *parts]), is_package))
+    # The engines live in their own folder; never document them twice from the language side.
+    found = [item for item in found if item[0][:1] != ("inference",) or package != "pplx"]
+    return [(name, is_package) for _, name, is_package in sorted(found)]
+
+
+def _underline(title: str, char: str = "=") -> str:
+    return f"{title}\n{char * len(title)}\n"
+
+
+def _reexports(package: str, documented: set[str]) -> tuple[list[str], list[str]]:
+    """Split a package's ``__all__`` into links to documented homes and objects to document here.
+
+    Returns reST lines: a bullet list of re-exported names that are documented in the module
+    that defines them, and ``auto*`` directives for names whose home is not documented (a
+    private module, or an object defined in the package itself).
+    """
+    try:
+        module = importlib.import_module(package)
+    except Exception:  # autodoc reports the import error as a warning
+        return [], []
+    links, here = [], []
+    for name in getattr(module, "__all__", ()):
+        if name.startswith("_"):
+            continue
+        obj = getattr(module, name, None)
+        if obj is None:
+            continue
+        home = getattr(obj, "__module__", None)
+        if inspect.ismodule(obj):
+            links.append(f"* :mod:`{obj.__name__}`")
+        elif home and home != package and home in documented:
+            links.append(f"* :obj:`{name} <{home}.{name}>` (documented in :mod:`{home}`)")
+        elif home and home != package:
+            if inspect.isclass(obj):
+                directive = f".. autoclass:: {package}.{name}\n   :members:\n"
+            elif callable(obj):
+                directive = f".. autofunction:: {package}.{name}\n"
+            else:
+                directive = f".. autodata:: {package}.{name}\n"
+            here.append(directive)
+    return links, here
+
+
+def _module_page(name: str, is_package: bool, documented: set[str]) -> str:
+    lines = [_underline(f"``{name}``"), f".. automodule:: {name}", "   :members:"]
+    if is_package:
+        # A package re-exports its API; document each object once, in the module defining it.
+        lines.append("   :ignore-module-all:")
+    text = "\n".join(lines) + "\n"
+    if is_package:
+        links, here = _reexports(name, documented)
+        if links:
+            text += "\n" + _underline("Re-exported names", "-") + "\n"
+            text += f"Importable as ``from {name} import ...``:\n\n" + "\n".join(links) + "\n"
+        if here:
+            text += "\n" + _underline("Defined elsewhere, exported here", "-") + "\n"
+            text += "\n".join(here)
+    return text
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    if not path.is_file() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def generate_api_pages() -> None:
+    """Write one page per public module into ``docs/api/generated/<layer>/``."""
+    modules = {
+        layer: discover_modules(package, folder) for layer, (package, folder) in PACKAGES.items()
+    }
+    documented = {name for found in modules.values() for name, _ in found}
+    for layer, found in modules.items():
+        folder = GENERATED / layer
+        wanted = set()
+        for name, is_package in found:
+            path = folder / f"{name}.rst"
+            wanted.add(path)
+            _write_if_changed(path, _module_page(name, is_package, documented))
+        if folder.is_dir():
+            for stale in folder.glob("*.rst"):
+                if stale not in wanted:
+                    stale.unlink()
+
+
+generate_api_pages()

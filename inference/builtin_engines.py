@@ -1,0 +1,62 @@
+"""Workflow entries for the engines that ship with pplx (NUTS reference and SVI variants)."""
+
+from __future__ import annotations
+
+from pplx.inference.mcmc import NUTS
+from pplx.inference.registry import FitConfig, Problem, register_engine
+from pplx.inference.results import Result
+from pplx.inference.svi import SVI
+from pyro.infer import RenyiELBO, Trace_ELBO
+from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
+
+
+@register_engine("nuts", "Pyro NUTS (the reference): 2 chains, adaptive step size", True)
+def fit_nuts(problem: Problem, config: FitConfig) -> Result:
+    """Pyro's NUTS with JIT; quick mode uses 1 chain and 300 warm-up steps."""
+    chains = 1 if config.quick else 2
+    per_chain = max(1, config.num_samples // chains)
+    warmup = 300 if config.quick else 1000
+    sampler = NUTS(problem.model, num_chains=chains, progress_bar=config.progress_bar)
+    return sampler.run(*problem.args, num_samples=per_chain, warmup_steps=warmup, **problem.kwargs)
+
+
+def _fit_svi(problem: Problem, config: FitConfig, name: str, guide, loss, lr: float) -> Result:
+    svi = SVI(
+        problem.model,
+        guide,
+        loss=loss,
+        optim_args={"lr": lr},
+        lr_scheduler=None,
+        progress_bar=config.progress_bar,
+        name=name,
+    )
+    steps = 600 if config.quick else 4000
+    return svi.run(
+        *problem.args, num_steps=steps, num_samples=config.num_samples, **problem.kwargs
+    )
+
+
+@register_engine("svi-meanfield", "SVI, mean-field Normal guide (AutoNormal), Trace_ELBO, Adam")
+def fit_svi_meanfield(problem: Problem, config: FitConfig) -> Result:
+    """Mean-field SVI."""
+    guide = AutoNormal(problem.model, init_scale=0.05)
+    return _fit_svi(problem, config, "svi-meanfield", guide, Trace_ELBO(), 0.02)
+
+
+@register_engine(
+    "svi-fullrank", "SVI, full-rank Normal guide (AutoMultivariateNormal), Trace_ELBO, Adam"
+)
+def fit_svi_fullrank(problem: Problem, config: FitConfig) -> Result:
+    """Full-rank Gaussian SVI."""
+    guide = AutoMultivariateNormal(problem.model, init_scale=0.05)
+    return _fit_svi(problem, config, "svi-fullrank", guide, Trace_ELBO(), 0.01)
+
+
+@register_engine(
+    "svi-iwae", "SVI, full-rank Normal guide, importance-weighted bound (IWAE, 8 particles)"
+)
+def fit_svi_iwae(problem: Problem, config: FitConfig) -> Result:
+    """Importance-weighted SVI (Pyro's RenyiELBO with alpha = 0 is the IWAE bound)."""
+    guide = AutoMultivariateNormal(problem.model, init_scale=0.05)
+    loss = RenyiELBO(alpha=0.0, num_particles=8, vectorize_particles=True)
+    return _fit_svi(problem, config, "svi-iwae", guide, loss, 0.01)
