@@ -211,3 +211,57 @@ def generate_api_pages() -> None:
 
 
 generate_api_pages()
+
+
+# -- Cross-references to re-exported names --------------------------------------------------------
+
+
+def _lookup(dotted: str) -> object | None:
+    """The pplx object named ``dotted`` (module path plus attributes), or ``None``."""
+    if not dotted.startswith("pplx"):
+        return None
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except Exception:
+            continue
+        try:
+            for attr in parts[cut:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            return None
+        return obj
+    return None
+
+
+def _resolve_reexport(app, env, node, contnode):
+    """Resolve ``pplx.inference.Result`` (a re-export) to where the object is documented.
+
+    Each object is documented once, in the module that defines it; a docstring may still name it
+    by its public path (``pplx.inference.Result``) or by the name it is imported under in the
+    current module (``Result``). Both are redirected to the defining module's entry.
+    """
+    if node.get("refdomain") != "py":
+        return None
+    target = node["reftarget"]
+    module = node.get("py:module")
+    candidates = [target] + ([f"{module}.{target}"] if module else [])
+    for candidate in candidates:
+        obj = _lookup(candidate)
+        home = getattr(obj, "__module__", None)
+        qualname = getattr(obj, "__qualname__", None)
+        if not (home and qualname and home.startswith("pplx")):
+            continue
+        canonical = f"{home}.{qualname}"
+        if canonical == candidate:
+            continue
+        domain = env.get_domain("py")
+        return domain.resolve_xref(
+            env, node["refdoc"], app.builder, node["reftype"], canonical, node, contnode
+        )
+    return None
+
+
+def setup(app) -> None:
+    app.connect("missing-reference", _resolve_reexport)

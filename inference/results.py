@@ -82,6 +82,26 @@ class Result:
         stats = {k: v.unsqueeze(0) for k, v in fields.pop("sample_stats", {}).items()}
         return cls(engine, grouped, sample_stats=stats, **fields)
 
+    @classmethod
+    def from_guide(
+        cls,
+        engine: str,
+        model: Callable,
+        guide: Callable,
+        *args: Any,
+        num_samples: int = 1000,
+        **kwargs: Any,
+    ) -> Result:
+        """Draw ``num_samples`` latent values from a fitted guide as a one-chain Result.
+
+        ``sample_stats`` holds ``lp`` (the model's log joint at each draw) and ``log_weight``
+        (``lp - log q``), from which :meth:`importance_ess` follows. Call it where the guide's
+        parameters are active (e.g. inside ``SVI.params_scope(state)``).
+        """
+        draws, log_q = predictive.guide_draws(guide, num_samples, *args, **kwargs)
+        lp = predictive.log_joint(model, draws, *args, **kwargs)
+        return cls.from_draws(engine, draws, sample_stats={"lp": lp, "log_weight": lp - log_q})
+
     @property
     def num_chains(self) -> int:
         """Number of chains."""

@@ -29,7 +29,6 @@ from pplx.inference.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from pplx.inference.predictive import guide_draws, log_joint
 from pplx.inference.progress import progress_bar
 from pplx.inference.results import Result
 from pplx.inference.validation import check_guide, check_model, trace_or_explain
@@ -548,32 +547,28 @@ class SVI:
     ) -> Result:
         """Draw ``num_samples`` latent values from the fitted guide as a Result.
 
-        ``sample_stats`` holds ``lp`` (the model's log joint at each draw) and ``log_weight``
-        (``lp - log q``), from which :meth:`Result.importance_ess` follows.
+        See :meth:`Result.from_guide`; the result also carries the loss curve and ``state``.
         """
         with self.params_scope(state):
-            draws, log_q = guide_draws(self.guide, num_samples, *args, **kwargs)
-            lp = log_joint(self.model, draws, *args, **kwargs)
+            result = Result.from_guide(
+                self.name, self.model, self.guide, *args, num_samples=num_samples, **kwargs
+            )
         tail = state.losses[-max(1, len(state.losses) // 10) :] if state.losses else [math.nan]
-        return Result.from_draws(
-            self.name,
-            draws,
-            sample_stats={"lp": lp, "log_weight": lp - log_q},
-            trace={
-                "loss": torch.tensor(state.losses),
-                "grad_norm": torch.tensor(state.grad_norms),
-            },
-            wall_time=wall_time,
-            info={
-                "num_steps": state.step,
-                "final_loss": sum(tail) / len(tail),
-                "stopped_early": state.stopped_early,
-                "loss": type(self.loss).__name__,
-                "guide": getattr(self.guide, "__name__", type(self.guide).__name__),
-                "optimizer": type(state.optimizer).__name__,
-            },
-            state=state,
-        )
+        result.trace = {
+            "loss": torch.tensor(state.losses),
+            "grad_norm": torch.tensor(state.grad_norms),
+        }
+        result.wall_time = wall_time
+        result.state = state
+        result.info = {
+            "num_steps": state.step,
+            "final_loss": sum(tail) / len(tail),
+            "stopped_early": state.stopped_early,
+            "loss": type(self.loss).__name__,
+            "guide": getattr(self.guide, "__name__", type(self.guide).__name__),
+            "optimizer": type(state.optimizer).__name__,
+        }
+        return result
 
 
 def _prepend(item: Any, stream: Iterator) -> Iterator:
