@@ -1,0 +1,38 @@
+"""Every example runs in its quick mode (Pyro's tests/test_examples.py pattern)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES_DIR = ROOT / "examples"
+
+# script -> arguments of its quick mode; "{out}" is replaced by a temporary folder.
+EXAMPLES = {
+    "svi_logistic.py": ["--quick", "--out", "{out}"],
+    "eight_schools.py": ["--quick"],
+    "register_engine.py": ["--quick", "--out", "{out}"],
+}
+
+
+def test_every_example_is_listed():
+    scripts = sorted(p.name for p in EXAMPLES_DIR.glob("*.py"))
+    missing = sorted(set(scripts) - set(EXAMPLES))
+    assert not missing, f"add these examples to EXAMPLES in tests/test_examples.py: {missing}"
+    stale = sorted(set(EXAMPLES) - set(scripts))
+    assert not stale, f"EXAMPLES lists scripts that do not exist: {stale}"
+
+
+@pytest.mark.parametrize("script", sorted(EXAMPLES))
+def test_example_runs(script, tmp_path):
+    args = [a.replace("{out}", str(tmp_path / "out")) for a in EXAMPLES[script]]
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES_DIR / script), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
