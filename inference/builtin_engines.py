@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pyro.infer import RenyiELBO, Trace_ELBO
+from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
+from torch.optim.lr_scheduler import LambdaLR
+
 from pplx.inference.mcmc import NUTS
 from pplx.inference.registry import FitConfig, Problem, register_engine
 from pplx.inference.results import Result
 from pplx.inference.svi import SVI
-from pyro.infer import RenyiELBO, Trace_ELBO
-from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
+from pplx.traces import max_plate_nesting, trace_program
 
 
 @register_engine("nuts", "Pyro NUTS (the reference): 2 chains, adaptive step size", True)
@@ -20,17 +23,18 @@ def fit_nuts(problem: Problem, config: FitConfig) -> Result:
     return sampler.run(*problem.args, num_samples=per_chain, warmup_steps=warmup, **problem.kwargs)
 
 
-def _fit_svi(problem: Problem, config: FitConfig, name: str, guide, loss, lr: float) -> Result:
+def _fit_svi(problem: Problem, config: FitConfig, name: str, guide, loss) -> Result:
+    """Adam at lr 0.05 decaying as 1 / (1 + 10 t / T) over the T steps of the fit."""
+    steps = 800 if config.quick else 3000
     svi = SVI(
         problem.model,
         guide,
         loss=loss,
-        optim_args={"lr": lr},
-        lr_scheduler=None,
+        optim_args={"lr": 0.05},
+        lr_scheduler=lambda opt: LambdaLR(opt, lambda t: 1.0 / (1.0 + 10.0 * t / steps)),
         progress_bar=config.progress_bar,
         name=name,
     )
-    steps = 600 if config.quick else 4000
     return svi.run(
         *problem.args, num_steps=steps, num_samples=config.num_samples, **problem.kwargs
     )
@@ -39,8 +43,8 @@ def _fit_svi(problem: Problem, config: FitConfig, name: str, guide, loss, lr: fl
 @register_engine("svi-meanfield", "SVI, mean-field Normal guide (AutoNormal), Trace_ELBO, Adam")
 def fit_svi_meanfield(problem: Problem, config: FitConfig) -> Result:
     """Mean-field SVI."""
-    guide = AutoNormal(problem.model, init_scale=0.05)
-    return _fit_svi(problem, config, "svi-meanfield", guide, Trace_ELBO(), 0.02)
+    guide = AutoNormal(problem.model, init_scale=0.1)
+    return _fit_svi(problem, config, "svi-meanfield", guide, Trace_ELBO())
 
 
 @register_engine(
@@ -48,8 +52,8 @@ def fit_svi_meanfield(problem: Problem, config: FitConfig) -> Result:
 )
 def fit_svi_fullrank(problem: Problem, config: FitConfig) -> Result:
     """Full-rank Gaussian SVI."""
-    guide = AutoMultivariateNormal(problem.model, init_scale=0.05)
-    return _fit_svi(problem, config, "svi-fullrank", guide, Trace_ELBO(), 0.01)
+    guide = AutoMultivariateNormal(problem.model, init_scale=0.1)
+    return _fit_svi(problem, config, "svi-fullrank", guide, Trace_ELBO())
 
 
 @register_engine(
@@ -57,6 +61,9 @@ def fit_svi_fullrank(problem: Problem, config: FitConfig) -> Result:
 )
 def fit_svi_iwae(problem: Problem, config: FitConfig) -> Result:
     """Importance-weighted SVI (Pyro's RenyiELBO with alpha = 0 is the IWAE bound)."""
-    guide = AutoMultivariateNormal(problem.model, init_scale=0.05)
-    loss = RenyiELBO(alpha=0.0, num_particles=8, vectorize_particles=True)
-    return _fit_svi(problem, config, "svi-iwae", guide, loss, 0.01)
+    guide = AutoMultivariateNormal(problem.model, init_scale=0.1)
+    nesting = max_plate_nesting(trace_program(problem.model, *problem.args, **problem.kwargs))
+    loss = RenyiELBO(
+        alpha=0.0, num_particles=8, vectorize_particles=True, max_plate_nesting=nesting
+    )
+    return _fit_svi(problem, config, "svi-iwae", guide, loss)
