@@ -12,11 +12,11 @@ from typing import Any
 
 import pyro
 import torch
+from pyro.infer import MCMC
+
 from pplx.inference.progress import progress_enabled
 from pplx.inference.results import Result
 from pplx.inference.validation import ModelError, check_model, latent_site_names, trace_or_explain
-from pyro.infer import MCMC
-
 from pplx.traces import sample_sites
 
 

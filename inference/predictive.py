@@ -15,6 +15,7 @@ import torch
 
 from pplx.traces import (
     from_particle_layout,
+    is_data,
     max_plate_nesting,
     per_particle_sum,
     sample_sites,
@@ -49,6 +50,17 @@ def _conditioned_traces(
         raise ValueError(
             f"draws contain sites {unknown} that the model does not sample; "
             f"the model's sample sites are {sorted(infos)}"
+        )
+    enumerated = [
+        name
+        for name, site in sample_sites(trace0).items()
+        if site["infer"].get("enumerate") and name not in draws and not site["is_observed"]
+    ]
+    if enumerated:
+        raise ValueError(
+            f"site(s) {enumerated} are marked for enumeration and have no draws; evaluating the "
+            "model on posterior draws would sample them instead of summing them out. Pass "
+            "draws for them (e.g. from pyro.infer.infer_discrete) to compute log-densities."
         )
     nesting = max_plate_nesting(trace0)
     try:
@@ -89,7 +101,7 @@ def log_joint(model: Callable, draws: Draws, *args: Any, **kwargs: Any) -> torch
     traces, _, num = _conditioned_traces(model, draws, args, kwargs, uncondition=False)
     if isinstance(traces, poutine.Trace):
         terms = [per_particle_sum(s["log_prob"], num) for s in sample_sites(traces).values()]
-        return torch.stack(terms).sum(0)
+        return torch.stack(terms).sum(0).detach()
     return torch.stack([t.log_prob_sum() for t in traces]).detach()
 
 
@@ -103,7 +115,7 @@ def pointwise_log_likelihood(
     traces, infos, num = _conditioned_traces(model, draws, args, kwargs, uncondition=False)
 
     def pick(site: dict) -> torch.Tensor | None:
-        if not site["is_observed"] or site["name"] in draws:
+        if not is_data(site) or site["name"] in draws:
             return None
         log_prob = site["log_prob"].detach()
         shape = infos[site["name"]].shape[: len(infos[site["name"]].shape) - site["fn"].event_dim]
@@ -139,7 +151,7 @@ def posterior_predictive(
 def observed_data(model: Callable, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
     """The values of the model's observed sites (ArviZ's ``observed_data`` group)."""
     trace = trace_program(model, *args, **kwargs)
-    return {n: s["value"].detach() for n, s in sample_sites(trace).items() if s["is_observed"]}
+    return {n: s["value"].detach() for n, s in sample_sites(trace).items() if is_data(s)}
 
 
 def guide_draws(

@@ -20,6 +20,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 import torch
+
 from pplx.inference.results import Result
 
 

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pyro.ops.stats import effective_sample_size, quantile, split_gelman_rubin
+
 from pplx.inference import predictive
 from pplx.inference.arviz_io import to_inference_data
-from pyro.ops.stats import effective_sample_size, quantile, split_gelman_rubin
 
 
 def _check_grouped(name: str, value: torch.Tensor, chains: int, draws: int, what: str) -> None:
@@ -127,7 +128,12 @@ class Result:
         return self.get_samples(group_by_chain=False)
 
     def effective_sample_size(self) -> dict[str, torch.Tensor]:
-        """Bulk effective sample size per site coordinate (Geyer's initial monotone sequence)."""
+        """Bulk effective sample size per site coordinate (Geyer's initial monotone sequence).
+
+        NaN when there are fewer than 4 draws per chain.
+        """
+        if self.num_draws < 4:
+            return {k: torch.full(v.shape[2:], math.nan) for k, v in self.samples.items()}
         return {
             k: effective_sample_size(v.double(), chain_dim=0, sample_dim=1)
             for k, v in self.samples.items()

@@ -22,6 +22,7 @@ from typing import Any
 import pyro
 import pyro.poutine as poutine
 import torch
+
 from pplx.inference.checkpoint import (
     check_writable,
     load_checkpoint,
@@ -32,7 +33,6 @@ from pplx.inference.checkpoint import (
 from pplx.inference.progress import progress_bar
 from pplx.inference.results import Result
 from pplx.inference.validation import check_guide, check_model, trace_or_explain
-
 from pplx.traces import sample_sites
 
 ENGINE = "svi"

@@ -8,7 +8,7 @@ from typing import Any
 import pyro.poutine as poutine
 import torch
 
-from pplx.traces import sample_sites
+from pplx.traces import is_data, sample_sites
 
 
 class ModelError(ValueError):
@@ -42,7 +42,7 @@ def check_observed_shapes(model_trace: poutine.Trace) -> None:
     make a log-likelihood of shape ``(N, N)``.
     """
     for name, site in sample_sites(model_trace).items():
-        if not site["is_observed"]:
+        if not is_data(site):
             continue
         fn_shape = site["fn"].shape()
         value_shape = site["value"].shape

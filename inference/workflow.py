@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pyro
 import torch
+
+from pplx import datasets, models
 from pplx.inference.checkpoint import check_writable
 from pplx.inference.registry import FitConfig, Problem, engines, get_engine
 from pplx.inference.results import Result
-
-from pplx import datasets, models
 
 
 def logistic_problem(device: torch.device, dtype: torch.dtype) -> Problem:

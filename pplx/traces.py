@@ -54,6 +54,11 @@ def sample_sites(trace: poutine.Trace) -> dict[str, dict]:
     }
 
 
+def is_data(site: dict) -> bool:
+    """Whether a sample site observes data (``pyro.deterministic`` sites do not count)."""
+    return bool(site["is_observed"]) and not site["infer"].get("_deterministic", False)
+
+
 def site_infos(trace: poutine.Trace) -> dict[str, SiteInfo]:
     """Describe every (non-auxiliary) sample site of ``trace``."""
     infos = {}
@@ -64,7 +69,7 @@ def site_infos(trace: poutine.Trace) -> dict[str, SiteInfo]:
             name=name,
             shape=site["value"].shape,
             event_dim=fn.event_dim if hasattr(fn, "event_dim") else 0,
-            observed=bool(site["is_observed"]),
+            observed=is_data(site),
             discrete=bool(getattr(support, "is_discrete", False)),
             support=support,
         )
