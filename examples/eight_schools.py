@@ -8,10 +8,10 @@ import argparse
 import arviz as az
 import pyro
 import torch
-from pplx.inference import NUTS, SVI
 from pyro.infer.autoguide import AutoNormal
 
 from pplx.datasets import eight_schools as eight_schools_data
+from pplx.inference import NUTS, SVI
 from pplx.models import eight_schools
 
 

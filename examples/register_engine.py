@@ -10,9 +10,10 @@ import argparse
 
 import pyro
 import torch
+from pyro.infer.autoguide import AutoLaplaceApproximation
+
 from pplx.inference import SVI, FitConfig, Problem, Result, register_engine
 from pplx.inference.workflow import eight_schools_problem, format_table, run_workflow
-from pyro.infer.autoguide import AutoLaplaceApproximation
 
 
 @register_engine("laplace", "Laplace approximation at the MAP (AutoLaplaceApproximation)")

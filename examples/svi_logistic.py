@@ -14,10 +14,10 @@ from pathlib import Path
 import arviz as az
 import pyro
 import torch
-from pplx.inference import SVI, EarlyStopping
 from pyro.infer.autoguide import AutoMultivariateNormal
 
 from pplx.datasets import breast_cancer
+from pplx.inference import SVI, EarlyStopping
 from pplx.models import logistic_regression
 
 

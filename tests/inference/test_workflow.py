@@ -7,6 +7,7 @@ from pathlib import Path
 import arviz as az
 import pytest
 import torch
+
 from pplx.inference import FitConfig, Result, engines, get_engine, register_engine
 from pplx.inference import registry as registry_module
 from pplx.inference.cli import main
