@@ -172,3 +172,12 @@ def test_logistic_regression_subsample_broadcasts_over_particles():
     trace.compute_log_prob()
     assert trace.nodes["obs"]["log_prob"].shape == (4, 8)
     assert trace.nodes["obs"]["value"].shape == (8,)
+
+
+def test_logistic_regression_num_data_rescales_a_given_minibatch():
+    x, y = torch.randn(10, 3), torch.ones(10)
+    trace = poutine.trace(logistic_regression).get_trace(x, y, num_data=100)
+    assert trace.nodes["obs"]["scale"] == 10.0
+    assert trace.nodes["obs"]["value"].shape == (10,)
+    with pytest.raises(ValueError, match="either subsample_size .* or num_data"):
+        logistic_regression(x, y, subsample_size=5, num_data=100)
