@@ -35,6 +35,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def check_writable(path: str | Path, what: str = "checkpoint") -> Path:
     """Fail early, with a clear message, if ``path``'s folder cannot be written."""
     path = Path(path)
+    if path.is_dir():
+        raise PermissionError(
+            f"cannot write the {what} {str(path)!r}: it is a folder; give a file name inside it"
+        )
     folder = path.parent if path.parent != Path("") else Path(".")
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -171,7 +171,9 @@ def guide_draws(
             trace = vectorized_trace(guide, num_samples, nesting, args, kwargs)
             trace.compute_log_prob()
             draws = {
-                name: from_particle_layout(site["value"], infos[name].shape, num_samples)
+                name: from_particle_layout(
+                    site["value"].detach(), infos[name].shape, num_samples
+                ).clone()
                 for name, site in sample_sites(trace).items()
                 if not site["is_observed"]
             }
@@ -182,7 +184,7 @@ def guide_draws(
                     if site["type"] == "sample" and "log_prob" in site and not site["is_observed"]
                 ]
             ).sum(0)
-            return draws, log_q
+            return draws, log_q.detach()
         except (RuntimeError, ValueError, IndexError) as error:
             warn_fallback("drawing from the guide", error)
         values: dict[str, list[torch.Tensor]] = {}
@@ -196,4 +198,5 @@ def guide_draws(
             for name, site in sample_sites(trace).items():
                 if not site["is_observed"]:
                     values.setdefault(name, []).append(site["value"])
-        return {k: torch.stack(v) for k, v in values.items()}, torch.stack(log_qs)
+        draws = {k: torch.stack(v).detach() for k, v in values.items()}
+        return draws, torch.stack(log_qs).detach()

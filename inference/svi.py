@@ -95,7 +95,8 @@ class EarlyStopping:
             else (self.smoothing * state["ema"] + (1 - self.smoothing) * loss)
         )
         state["ema"] = ema
-        if ema < state["best"] - (self.atol + self.rtol * abs(state["best"])):
+        best = state["best"]
+        if math.isinf(best) or ema < best - (self.atol + self.rtol * abs(best)):
             state["best"], state["since_best"] = ema, 0
         else:
             state["since_best"] += 1
@@ -133,7 +134,7 @@ class SVIState:
         out = {}
         for name, value in self.params["params"].items():
             constraint = self.params["constraints"].get(name, torch.distributions.constraints.real)
-            out[name] = torch.distributions.transform_to(constraint)(value).detach()
+            out[name] = torch.distributions.transform_to(constraint)(value).detach().clone()
         return out
 
     def state_dict(self) -> dict[str, Any]:
@@ -153,13 +154,20 @@ class SVIState:
 
 
 def _batch_stream(batches: Iterable) -> Iterator:
+    epoch = 0
     while True:
         empty = True
         for batch in batches:
             empty = False
             yield batch
         if empty:
+            if epoch:
+                raise ValueError(
+                    "SVI: `batches` was exhausted after one epoch; pass a re-iterable such as "
+                    "a list or a DataLoader, not a generator"
+                )
             raise ValueError("SVI: `batches` yielded no batch; pass a non-empty iterable")
+        epoch += 1
 
 
 def _split_batch(batch: Any, args: tuple, kwargs: Mapping[str, Any]) -> tuple[tuple, dict]:
@@ -248,6 +256,17 @@ class SVI:
     @staticmethod
     def _resolve_optimizer(optimizer: Any, optim_args: Mapping[str, Any] | None) -> Callable:
         if isinstance(optimizer, pyro.optim.PyroOptim):
+            if isinstance(optimizer, pyro.optim.lr_scheduler.PyroLRScheduler):
+                raise ValueError(
+                    "SVI: pyro.optim scheduler wrappers are not supported; pass the torch "
+                    "optimizer as optimizer= and the schedule as lr_scheduler=lambda opt: "
+                    "torch.optim.lr_scheduler.ExponentialLR(opt, gamma)"
+                )
+            if optimizer.pt_clip_args:
+                raise ValueError(
+                    "SVI: the clip_args of a pyro.optim wrapper are not supported; use "
+                    "SVI(..., clip_norm=...) to clip the global gradient norm"
+                )
             args = optimizer.pt_optim_args
             if callable(args):
                 raise ValueError(
@@ -331,7 +350,11 @@ class SVI:
         """One gradient step; must run inside :meth:`params_scope`."""
         state.optimizer.zero_grad(set_to_none=True)
         loss = self._loss_and_backward(args, kwargs)
-        if len(state.params["params"]) != sum(len(g) for g in state.param_groups):
+        live = pyro.get_param_store()
+        if len(live) != sum(len(g) for g in state.param_groups):
+            # Parameters created during this step: the scope writes them back only on exit.
+            state.params["params"].update(live._params)
+            state.params["constraints"].update(live._constraints)
             self._add_new_params(state)
         grads = [
             p.grad
@@ -442,11 +465,11 @@ class SVI:
         state.optimizer = self._optimizer_factory([live[n] for n in state.param_groups[0]])
         for group in state.param_groups[1:]:
             state.optimizer.add_param_group({"params": [live[n] for n in group]})
+        # A scheduler's constructor rewrites the learning rates: build it before restoring.
+        state.scheduler = None if self.lr_scheduler is None else self.lr_scheduler(state.optimizer)
         state.optimizer.load_state_dict(payload["optimizer"])
-        if self.lr_scheduler is not None:
-            state.scheduler = self.lr_scheduler(state.optimizer)
-            if payload["scheduler"] is not None:
-                state.scheduler.load_state_dict(payload["scheduler"])
+        if state.scheduler is not None and payload["scheduler"] is not None:
+            state.scheduler.load_state_dict(payload["scheduler"])
         state.step = payload["step"]
         state.losses = list(payload["losses"])
         state.grad_norms = list(payload["grad_norms"])
@@ -505,6 +528,8 @@ class SVI:
             for _ in range(state.step):
                 next(stream)
 
+        if self.early_stopping is not None and state.stopping is None:
+            state.stopping = self.early_stopping.init()
         start = time.perf_counter()
         bar = progress_bar(num_steps, self.name, self.progress_bar, initial=state.step)
         state.stopped_early = False
@@ -555,8 +580,8 @@ class SVI:
             )
         tail = state.losses[-max(1, len(state.losses) // 10) :] if state.losses else [math.nan]
         result.trace = {
-            "loss": torch.tensor(state.losses),
-            "grad_norm": torch.tensor(state.grad_norms),
+            "loss": torch.tensor(state.losses, dtype=torch.float64),
+            "grad_norm": torch.tensor(state.grad_norms, dtype=torch.float64),
         }
         result.wall_time = wall_time
         result.state = state
