@@ -103,9 +103,17 @@ def to_inference_data(
     return _container(groups)
 
 
+def arviz_major_version() -> int:
+    """Major version of the installed ArviZ (0 or 1)."""
+    from importlib.metadata import version
+
+    return int(version("arviz").split(".")[0])
+
+
 def _container(groups: dict[str, xr.Dataset]) -> Any:
+    # ArviZ 1.x still answers to ``az.InferenceData`` (a migration shim), so ask the version.
+    if arviz_major_version() >= 1:
+        return xr.DataTree.from_dict(groups)  # ArviZ 1.x works on DataTree directly
     import arviz as az
 
-    if hasattr(az, "InferenceData"):  # ArviZ 0.x
-        return az.InferenceData(**groups)
-    return xr.DataTree.from_dict(groups)  # ArviZ 1.x works on DataTree directly
+    return az.InferenceData(**groups)

@@ -239,3 +239,22 @@ def test_arviz_loo_on_conjugate_normal_model():
     inv_lik = torch.exp(-result.log_likelihood["obs"].reshape(chains * draws, n))
     se = (inv_lik.std(0) / (math.sqrt(chains * draws) * inv_lik.mean(0))).sum()
     assert abs(loo.elpd_loo - exact) < 4 * float(se) + 0.02
+
+
+def test_arviz_1_gets_a_datatree(monkeypatch, tmp_path):
+    # ArviZ 1.x (Python 3.12+) works on xarray.DataTree; exercise that path here too.
+    import xarray as xr
+
+    from pplx.inference import arviz_io
+
+    monkeypatch.setattr(arviz_io, "arviz_major_version", lambda: 1)
+    tree = arviz_io.to_inference_data(
+        {"mu": torch.zeros(2, 5)},
+        log_likelihood={"obs": torch.zeros(2, 5, 3)},
+        observed_data={"obs": torch.ones(3)},
+    )
+    assert isinstance(tree, xr.DataTree)
+    assert set(tree.children) == {"posterior", "log_likelihood", "observed_data"}
+    assert tree["posterior"]["mu"].dims == ("chain", "draw")
+    tree.to_netcdf(tmp_path / "tree.nc")
+    assert set(xr.open_datatree(tmp_path / "tree.nc").children) == set(tree.children)
