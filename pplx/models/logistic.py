@@ -60,7 +60,10 @@ def logistic_regression(
     )
     with plate as idx:
         x_batch = x[idx]
-        # The elementwise product broadcasts: w of shape (..., 1, D) from a particle plate
-        # left of the data plate gives logits of shape (..., N).
-        logits = (x_batch * w).sum(-1) + b
+        # Under a particle plate w has shape (..., 1, D), the 1 standing in the data plate's
+        # dimension; the matrix product gives (..., 1, N), so drop that 1 to get (..., N).
+        logits = w @ x_batch.T
+        if w.dim() > 1:
+            logits = logits.squeeze(-2)
+        logits = logits + b
         return pyro.sample("obs", dist.Bernoulli(logits=logits), obs=None if y is None else y[idx])

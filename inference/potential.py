@@ -1,0 +1,315 @@
+r"""A Pyro model's log density as a function of a flat matrix of particles.
+
+Particle engines (SVGD, SG-MCMC) move ``P`` points in an unconstrained space
+:math:`z \in \mathbb{R}^{P \times D}`. :class:`Potential` maps each row to the model's latent
+sites through Pyro's bijections (``biject_to(site.support)``) and evaluates
+
+.. math::
+
+    \log \tilde p(z) = \log p(x, T(z)) + \log |\det J_T(z)|
+
+for all particles in *one* execution of the model, with a particle plate left of the model's
+own plates. The model is traced once up front to learn the sites, their shapes and supports;
+optionally (``jit=True``) the whole evaluation is compiled with the PyTorch tracer, so later
+calls do not run the Python model at all.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pyro.poutine as poutine
+import torch
+from torch.distributions import Transform, biject_to
+
+from pplx.inference.validation import ModelError, check_model, latent_site_names, trace_or_explain
+from pplx.traces import (
+    SiteInfo,
+    max_plate_nesting,
+    per_particle_sum,
+    sample_sites,
+    site_infos,
+    to_particle_layout,
+    vectorized_trace,
+)
+
+
+@dataclass(frozen=True)
+class LatentBlock:
+    """Where one latent site lives in the flat particle vector.
+
+    Attributes:
+        info: The site (name, constrained shape, support...).
+        transform: Bijection from the unconstrained block to the site's support.
+        unconstrained_shape: Shape of the unconstrained block (e.g. ``K - 1`` for a
+            ``K``-simplex).
+        offset: First column of the block in the flat vector.
+        size: Number of columns.
+    """
+
+    info: SiteInfo
+    transform: Transform
+    unconstrained_shape: torch.Size
+    offset: int
+    size: int
+
+    @property
+    def name(self) -> str:
+        """The site name."""
+        return self.info.name
+
+
+def _has_subsampling(trace: poutine.Trace) -> bool:
+    """Whether a plate of the model draws a minibatch (its size is below its full size)."""
+    for site in trace.nodes.values():
+        for frame in site.get("cond_indep_stack", ()):
+            full = getattr(frame, "full_size", None)
+            if full is not None and frame.size is not None and frame.size < full:
+                return True
+    return False
+
+
+class Potential:
+    """Vectorized log density of a Pyro model over flat unconstrained particles.
+
+    Args:
+        model: A Pyro model whose latent sites are all continuous.
+        args: Positional arguments of the model (the data).
+        kwargs: Keyword arguments of the model.
+        transforms: Optional site name to ``Transform`` (unconstrained -> support) overriding
+            ``biject_to(support)``.
+        engine: Engine name for error messages.
+        jit: Compile the evaluation with ``torch.jit.trace`` (one compilation per number of
+            particles). Ignored, with a warning, for models that subsample their data.
+        check_vectorized: Compare one vectorized evaluation against per-particle evaluations
+            and name the first site that does not broadcast over particles.
+
+    Raises:
+        ModelError: No latent sites, a discrete latent site, or a model that does not
+            broadcast over a batch dimension left of its plates.
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        args: tuple = (),
+        kwargs: Mapping[str, Any] | None = None,
+        transforms: Mapping[str, Transform] | None = None,
+        engine: str = "potential",
+        jit: bool = False,
+        check_vectorized: bool = True,
+    ) -> None:
+        self.model = model
+        self.args = tuple(args)
+        self.kwargs = dict(kwargs or {})
+        self.engine = engine
+        trace = trace_or_explain(model, "model", *self.args, **self.kwargs)
+        latents = check_model(trace, engine)
+        infos = site_infos(trace)
+        discrete = [n for n in latents if infos[n].discrete]
+        if discrete:
+            raise ModelError(
+                f"{engine}: latent site(s) {discrete} are discrete; {engine} moves particles in a "
+                "continuous space. Marginalise them out (infer={'enumerate': 'parallel'} with "
+                "an enumerating loss), or fit them with SVI."
+            )
+        enumerated = [
+            n
+            for n, s in sample_sites(trace).items()
+            if not s["is_observed"] and n not in latent_site_names(trace)
+        ]
+        if enumerated:
+            raise ModelError(
+                f"{engine}: site(s) {enumerated} are marked for enumeration, which {engine} does "
+                "not support; remove the marker or use SVI with TraceEnum_ELBO."
+            )
+        transforms = dict(transforms or {})
+        unknown = sorted(set(transforms) - set(latents))
+        if unknown:
+            raise ModelError(f"{engine}: transforms given for unknown latent site(s) {unknown}")
+        self.plate_nesting = max_plate_nesting(trace)
+        first = trace.nodes[latents[0]]["value"]
+        self.dtype = first.dtype if first.is_floating_point() else torch.get_default_dtype()
+        self.device = first.device
+        blocks, offset = [], 0
+        for name in latents:
+            info = infos[name]
+            transform = transforms.get(name) or biject_to(info.support)
+            unconstrained_shape = transform.inv.forward_shape(info.shape)
+            size = math.prod(unconstrained_shape)
+            blocks.append(
+                LatentBlock(info, transform, torch.Size(unconstrained_shape), offset, size)
+            )
+            offset += size
+        self.blocks: list[LatentBlock] = blocks
+        self.dim = offset
+        self.subsamples = _has_subsampling(trace)
+        self._jit = jit and not self.subsamples
+        if jit and self.subsamples:
+            warnings.warn(
+                f"{engine}: the model subsamples its data, so jit=True would freeze one "
+                "minibatch; evaluating without the JIT.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        self._compiled: dict[tuple, Callable] = {}
+        if check_vectorized:
+            self._check_vectorized(trace)
+
+    # ------------------------------------------------------------------ packing
+    def unpack(self, z: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Constrained site values ``site -> (P, *shape)`` and ``log|det J|`` of shape ``(P,)``."""
+        if z.dim() != 2 or z.shape[-1] != self.dim:
+            raise ValueError(
+                f"{self.engine}: particles must have shape (num_particles, {self.dim}), "
+                f"got {tuple(z.shape)}"
+            )
+        num = z.shape[0]
+        values, log_jac = {}, z.new_zeros(num)
+        for block in self.blocks:
+            u = z[:, block.offset : block.offset + block.size].reshape(
+                (num,) + tuple(block.unconstrained_shape)
+            )
+            x = block.transform(u)
+            ldj = block.transform.log_abs_det_jacobian(u, x)
+            log_jac = log_jac + per_particle_sum(ldj, num)
+            values[block.name] = x
+        return values, log_jac
+
+    def pack(self, values: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Inverse of :meth:`unpack`: flat unconstrained particles from constrained values."""
+        columns = []
+        for block in self.blocks:
+            if block.name not in values:
+                raise ValueError(f"{self.engine}: no values for latent site {block.name!r}")
+            x = values[block.name]
+            u = block.transform.inv(x)
+            columns.append(u.reshape(u.shape[0], -1))
+        return torch.cat(columns, -1)
+
+    def to_samples(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Constrained draws ``site -> (P, *shape)``, detached."""
+        with torch.no_grad():
+            return {k: v.detach() for k, v in self.unpack(z)[0].items()}
+
+    # ------------------------------------------------------------------ evaluation
+    def _log_joint_terms(self, values: Mapping[str, torch.Tensor], num: int) -> dict:
+        layout = {
+            b.name: to_particle_layout(values[b.name], b.info, self.plate_nesting)
+            for b in self.blocks
+        }
+        trace = vectorized_trace(
+            poutine.condition(self.model, layout),
+            num,
+            self.plate_nesting,
+            self.args,
+            self.kwargs,
+        )
+        trace.compute_log_prob()
+        return {
+            name: per_particle_sum(s["log_prob"], num) for name, s in sample_sites(trace).items()
+        }
+
+    def _log_density_eager(self, z: torch.Tensor) -> torch.Tensor:
+        values, log_jac = self.unpack(z)
+        terms = self._log_joint_terms(values, z.shape[0])
+        return torch.stack(list(terms.values())).sum(0) + log_jac
+
+    def log_density(self, z: torch.Tensor) -> torch.Tensor:
+        """Unnormalised log posterior density of each particle (unconstrained space): ``(P,)``."""
+        if not self._jit:
+            return self._log_density_eager(z)
+        key = (tuple(z.shape), z.dtype, z.device)
+        fn = self._compiled.get(key)
+        if fn is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fn = torch.jit.trace(self._log_density_eager, (z.detach(),), check_trace=False)
+            self._compiled[key] = fn
+        return fn(z)
+
+    def value_and_grad(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log density ``(P,)`` and its gradient ``(P, D)`` with respect to the particles."""
+        with torch.enable_grad():
+            z = z.detach().requires_grad_(True)
+            log_p = self.log_density(z)
+            (grad,) = torch.autograd.grad(log_p.sum(), z)
+        return log_p.detach(), grad
+
+    # ------------------------------------------------------------------ set-up helpers
+    def init_particles(
+        self, num_particles: int, strategy: str = "prior", radius: float = 2.0
+    ) -> torch.Tensor:
+        """Initial particles, shape ``(num_particles, dim)``.
+
+        ``"prior"`` draws the latents from the model (vectorized); ``"uniform"`` draws each
+        unconstrained coordinate from ``Uniform(-radius, radius)`` (Stan's convention).
+        """
+        if strategy == "uniform":
+            return (
+                2 * torch.rand(num_particles, self.dim, dtype=self.dtype, device=self.device) - 1
+            ) * radius
+        if strategy != "prior":
+            raise ValueError(f"{self.engine}: init must be 'prior' or 'uniform', got {strategy!r}")
+        with torch.no_grad():
+            trace = vectorized_trace(
+                self.model,
+                num_particles,
+                self.plate_nesting,
+                self.args,
+                self.kwargs,
+            )
+            values = {}
+            for block in self.blocks:
+                v = trace.nodes[block.name]["value"]
+                values[block.name] = v.expand((num_particles,) + v.shape[1:]).reshape(
+                    (num_particles,) + tuple(block.info.shape)
+                )
+            return self.pack(values)
+
+    def _check_vectorized(self, trace: poutine.Trace) -> None:
+        """Name the first site whose vectorized log-density differs from a per-particle one."""
+        with torch.no_grad():
+            traces = [
+                poutine.trace(self.model).get_trace(*self.args, **self.kwargs) for _ in range(2)
+            ]
+            values = {
+                b.name: torch.stack([t.nodes[b.name]["value"] for t in traces])
+                for b in self.blocks
+            }
+            try:
+                batched = self._log_joint_terms(values, 2)
+            except Exception as error:  # noqa: BLE001 - re-raised with the site named below
+                batched, batch_error = None, error
+            singles = []
+            for i in range(2):
+                one = {k: v[i] for k, v in values.items()}
+                t = poutine.trace(poutine.condition(self.model, one)).get_trace(
+                    *self.args, **self.kwargs
+                )
+                t.compute_log_prob()
+                singles.append({n: s["log_prob_sum"] for n, s in sample_sites(t).items()})
+        if batched is None:
+            raise ModelError(
+                f"{self.engine}: the model does not broadcast over particles "
+                f"({type(batch_error).__name__}: {batch_error}). Write it so that a batch "
+                "dimension left of its plates flows through (use tensor ops, not .item() or "
+                "Python branches on latent values; index with [..., i])."
+            ) from batch_error
+        if self.subsamples:
+            return  # per-particle evaluations see other minibatches
+        for name in singles[0]:
+            expected = torch.stack([s[name] for s in singles]).to(batched[name].dtype)
+            if name not in batched or not torch.allclose(
+                batched[name], expected, rtol=1e-4, atol=1e-4
+            ):
+                raise ModelError(
+                    f"{self.engine}: site {name!r} does not broadcast over particles: its "
+                    "log-density evaluated for two particles at once differs from evaluating "
+                    "them one by one. Keep a batch dimension left of the model's plates "
+                    "(e.g. x @ w -> (x * w.unsqueeze(-2)).sum(-1), index with [..., i])."
+                )
