@@ -8,7 +8,17 @@ Importing this package registers the built-in engines with the workflow registry
 from pplx.inference import builtin_engines  # noqa: E402, F401, I001
 from pplx.inference.arviz_io import to_inference_data
 from pplx.inference.checkpoint import load_checkpoint, save_checkpoint
+from pplx.inference.kernels import IMQKernel, Kernel, PreconditionedKernel, RBFKernel
 from pplx.inference.mcmc import NUTS, result_from_mcmc
+from pplx.inference.mirror import (
+    BoxEntropic,
+    Euclidean,
+    MirrorMap,
+    OrthantEntropic,
+    SimplexEntropic,
+    mirror_map_for,
+)
+from pplx.inference.potential import Potential
 from pplx.inference.registry import (
     EngineSpec,
     FitConfig,
@@ -18,10 +28,27 @@ from pplx.inference.registry import (
     register_engine,
 )
 from pplx.inference.results import Result
+from pplx.inference.stein import MSVGD, SVGD, SVMD, SVNG, SteinState
 from pplx.inference.svi import SVI, EarlyStopping, NonFiniteLossError, SVIState
 from pplx.inference.validation import ModelError
 
 __all__ = [
+    "MSVGD",
+    "SVGD",
+    "SVMD",
+    "SVNG",
+    "BoxEntropic",
+    "Euclidean",
+    "IMQKernel",
+    "Kernel",
+    "MirrorMap",
+    "OrthantEntropic",
+    "Potential",
+    "PreconditionedKernel",
+    "RBFKernel",
+    "SimplexEntropic",
+    "SteinState",
+    "mirror_map_for",
     "SVI",
     "EarlyStopping",
     "EngineSpec",

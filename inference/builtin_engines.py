@@ -1,7 +1,8 @@
-"""Workflow entries for the engines that ship with pplx (NUTS reference and SVI variants)."""
+"""Workflow entries for the engines that ship with pplx: NUTS (reference), SVI, SVGD, SVNG."""
 
 from __future__ import annotations
 
+import torch
 from pyro.infer import RenyiELBO, Trace_ELBO
 from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 from torch.optim.lr_scheduler import LambdaLR
@@ -9,6 +10,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from pplx.inference.mcmc import NUTS
 from pplx.inference.registry import FitConfig, Problem, register_engine
 from pplx.inference.results import Result
+from pplx.inference.stein import SVGD, SVNG
 from pplx.inference.svi import SVI
 from pplx.traces import max_plate_nesting, trace_program
 
@@ -67,3 +69,28 @@ def fit_svi_iwae(problem: Problem, config: FitConfig) -> Result:
         alpha=0.0, num_particles=8, vectorize_particles=True, max_plate_nesting=nesting
     )
     return _fit_svi(problem, config, "svi-iwae", guide, loss)
+
+
+def _fit_stein(problem: Problem, config: FitConfig, engine_class: type[SVGD]) -> Result:
+    """100 particles (a fixed budget: SVGD does not return more draws), Adagrad at lr 0.5."""
+    sampler = engine_class(
+        problem.model,
+        num_particles=100,
+        optimizer=torch.optim.Adagrad,
+        optim_args={"lr": 0.5},
+        progress_bar=config.progress_bar,
+    )
+    steps = 300 if config.quick else 1000
+    return sampler.run(*problem.args, num_steps=steps, **problem.kwargs)
+
+
+@register_engine("svgd", "SVGD, 100 particles, RBF kernel with median bandwidth, Adagrad")
+def fit_svgd(problem: Problem, config: FitConfig) -> Result:
+    """Stein variational gradient descent in the unconstrained space."""
+    return _fit_stein(problem, config, SVGD)
+
+
+@register_engine("svng", "Stein variational natural gradient: SVGD preconditioned by the Fisher")
+def fit_svng(problem: Problem, config: FitConfig) -> Result:
+    """SVGD with the averaged-Fisher preconditioned kernel."""
+    return _fit_stein(problem, config, SVNG)
