@@ -14,6 +14,8 @@ EXAMPLES = {
     "svi_logistic.py": ["--quick", "--out", "{out}"],
     "eight_schools.py": ["--quick"],
     "register_engine.py": ["--quick", "--out", "{out}"],
+    "svgd_simplex.py": ["--quick", "--out", "{out}"],
+    "svgd_logistic.py": ["--quick"],
 }
 
 
