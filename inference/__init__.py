@@ -28,11 +28,27 @@ from pplx.inference.registry import (
     register_engine,
 )
 from pplx.inference.results import Result
+from pplx.inference.sgmcmc import (
+    PSGLD,
+    SGHMC,
+    SGLD,
+    Constant,
+    Cyclical,
+    PolynomialDecay,
+    SGMCMCState,
+)
 from pplx.inference.stein import MSVGD, SVGD, SVMD, SVNG, SteinState
 from pplx.inference.svi import SVI, EarlyStopping, NonFiniteLossError, SVIState
 from pplx.inference.validation import ModelError
 
 __all__ = [
+    "PSGLD",
+    "SGHMC",
+    "SGLD",
+    "Constant",
+    "Cyclical",
+    "PolynomialDecay",
+    "SGMCMCState",
     "MSVGD",
     "SVGD",
     "SVMD",
