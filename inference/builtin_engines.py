@@ -1,4 +1,4 @@
-"""Workflow entries for the engines that ship with pplx: NUTS (reference), SVI, SVGD, SVNG."""
+"""Workflow entries for the engines that ship with pplx: NUTS (reference), SVI, Stein, SG-MCMC."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from pplx.inference.mcmc import NUTS
 from pplx.inference.registry import FitConfig, Problem, register_engine
 from pplx.inference.results import Result
+from pplx.inference.sgmcmc import SGHMC, SGLD
 from pplx.inference.stein import SVGD, SVNG
 from pplx.inference.svi import SVI
 from pplx.traces import max_plate_nesting, trace_program
@@ -94,3 +95,36 @@ def fit_svgd(problem: Problem, config: FitConfig) -> Result:
 def fit_svng(problem: Problem, config: FitConfig) -> Result:
     """SVGD with the averaged-Fisher preconditioned kernel."""
     return _fit_stein(problem, config, SVNG)
+
+
+def _fit_sgmcmc(problem: Problem, config: FitConfig, sampler: SGLD) -> Result:
+    """4 chains, minibatches of 64 through the model's own plate when it offers one."""
+    kwargs = dict(problem.kwargs)
+    if problem.subsample_kwarg is not None and problem.num_data > 64:
+        kwargs[problem.subsample_kwarg] = 64
+    chains = 4
+    per_chain = max(1, config.num_samples // chains)
+    warmup = 300 if config.quick else 1000
+    return sampler.run(
+        *problem.args,
+        num_samples=per_chain,
+        warmup_steps=warmup,
+        num_chains=chains,
+        thinning=2,
+        **kwargs,
+    )
+
+
+@register_engine("sgld", "SGLD, 4 chains, minibatches of 64, step size 2e-3")
+def fit_sgld(problem: Problem, config: FitConfig) -> Result:
+    """Stochastic gradient Langevin dynamics."""
+    return _fit_sgmcmc(
+        problem, config, SGLD(problem.model, 2e-3, progress_bar=config.progress_bar)
+    )
+
+
+@register_engine("sghmc", "SGHMC, 4 chains, minibatches of 64, step size 2e-4, friction 0.1")
+def fit_sghmc(problem: Problem, config: FitConfig) -> Result:
+    """Stochastic gradient Hamiltonian Monte Carlo."""
+    sampler = SGHMC(problem.model, 2e-4, friction=0.1, progress_bar=config.progress_bar)
+    return _fit_sgmcmc(problem, config, sampler)
