@@ -51,8 +51,8 @@ def hand_written(x, y, chains, step_size):
     return step
 
 
-def pplx_sgld(x, y, chains, step_size):
-    sampler = SGLD(model, step_size, init=torch.zeros(chains, D), progress_bar=False)
+def pplx_sgld(x, y, chains, step_size, jit=False):
+    sampler = SGLD(model, step_size, init=torch.zeros(chains, D), jit=jit, progress_bar=False)
     state = sampler.init(x, y, num_chains=chains)
     return lambda: sampler.step(state, x, y)
 
@@ -130,13 +130,19 @@ def main(argv=None):
     y = x @ torch.randn(D) + torch.randn(N)
     step_size = 1e-5
     print(f"SGLD step, linear regression N={N}, D={D}, B={B}, float32, CPU, {args.steps} steps")
-    print(f"{'chains':>6} {'hand ms':>8} {'pplx':>7} {'posteriors':>11}  (ratio to hand-written)")
+    print(
+        f"{'chains':>6} {'hand ms':>8} {'pplx':>7} {'pplx jit':>9} {'posteriors':>11}"
+        "  (ratio to hand-written)"
+    )
     for chains in (1, 16):
         hand = per_step_ms(hand_written(x, y, chains, step_size), args.steps)
         ours = per_step_ms(pplx_sgld(x, y, chains, step_size), args.steps)
+        ours_jit = per_step_ms(pplx_sgld(x, y, chains, step_size, jit=True), args.steps)
         other = posteriors_sgld(x, y, step_size) if chains == 1 else None
         other_cell = "n/a" if other is None else f"{per_step_ms(other, args.steps) / hand:.2f}x"
-        print(f"{chains:>6} {hand:8.3f} {ours / hand:6.2f}x {other_cell:>11}")
+        print(
+            f"{chains:>6} {hand:8.3f} {ours / hand:6.2f}x {ours_jit / hand:8.2f}x {other_cell:>11}"
+        )
     if not args.skip_ess:
         ess_per_second()
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import pyro.poutine as poutine
 import torch
+from pyro.poutine.util import site_is_subsample
 from torch.distributions import Transform, biject_to
 
 from pplx.inference.validation import ModelError, check_model, latent_site_names, trace_or_explain
@@ -63,14 +64,15 @@ class LatentBlock:
         return self.info.name
 
 
-def _has_subsampling(trace: poutine.Trace) -> bool:
-    """Whether a plate of the model draws a minibatch (its size is below its full size)."""
-    for site in trace.nodes.values():
-        for frame in site.get("cond_indep_stack", ()):
-            full = getattr(frame, "full_size", None)
-            if full is not None and frame.size is not None and frame.size < full:
-                return True
-    return False
+def _subsampling_plates(trace: poutine.Trace) -> dict[str, tuple[int, int]]:
+    """Plates that draw minibatches: plate name -> (full size, minibatch size)."""
+    plates = {}
+    for name, site in trace.nodes.items():
+        if site["type"] == "sample" and site_is_subsample(site):
+            fn = site["fn"]
+            if fn.subsample_size is not None and fn.subsample_size < fn.size:
+                plates[name] = (fn.size, fn.subsample_size)
+    return plates
 
 
 class Potential:
@@ -84,7 +86,8 @@ class Potential:
             ``biject_to(support)``.
         engine: Engine name for error messages.
         jit: Compile the evaluation with ``torch.jit.trace`` (one compilation per number of
-            particles). Ignored, with a warning, for models that subsample their data.
+            particles). Minibatch indices are inputs of the compiled function, so models that
+            subsample their data get a fresh minibatch at every call.
         check_vectorized: Compare one vectorized evaluation against per-particle evaluations
             and name the first site that does not broadcast over particles.
 
@@ -147,15 +150,11 @@ class Potential:
             offset += size
         self.blocks: list[LatentBlock] = blocks
         self.dim = offset
-        self.subsamples = _has_subsampling(trace)
-        self._jit = jit and not self.subsamples
-        if jit and self.subsamples:
-            warnings.warn(
-                f"{engine}: the model subsamples its data, so jit=True would freeze one "
-                "minibatch; evaluating without the JIT.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        # Minibatch indices are drawn outside the model (as Pyro's plate would) and passed in,
+        # so that a compiled evaluation still sees a fresh minibatch at every call.
+        self.subsample_plates = _subsampling_plates(trace)
+        self.subsamples = bool(self.subsample_plates)
+        self._jit = jit
         self._compiled: dict[tuple, Callable] = {}
         if check_vectorized:
             self._check_vectorized(trace)
@@ -197,11 +196,17 @@ class Potential:
             return {k: v.detach() for k, v in self.unpack(z)[0].items()}
 
     # ------------------------------------------------------------------ evaluation
-    def _log_joint_terms(self, values: Mapping[str, torch.Tensor], num: int) -> dict:
+    def _log_joint_terms(
+        self,
+        values: Mapping[str, torch.Tensor],
+        num: int,
+        minibatch: Mapping[str, torch.Tensor] | None = None,
+    ) -> dict:
         layout = {
             b.name: to_particle_layout(values[b.name], b.info, self.plate_nesting)
             for b in self.blocks
         }
+        layout.update(minibatch or {})
         trace = vectorized_trace(
             poutine.condition(self.model, layout),
             num,
@@ -214,23 +219,38 @@ class Potential:
             name: per_particle_sum(s["log_prob"], num) for name, s in sample_sites(trace).items()
         }
 
-    def _log_density_eager(self, z: torch.Tensor) -> torch.Tensor:
+    def _draw_minibatch(self) -> list[torch.Tensor]:
+        """Fresh minibatch indices for every subsampling plate (what ``pyro.plate`` draws)."""
+        return [
+            torch.randperm(size, device=self.device)[:batch].clone()
+            for size, batch in self.subsample_plates.values()
+        ]
+
+    def _log_density_eager(self, z: torch.Tensor, *indices: torch.Tensor) -> torch.Tensor:
         values, log_jac = self.unpack(z)
-        terms = self._log_joint_terms(values, z.shape[0])
+        minibatch = dict(zip(self.subsample_plates, indices))
+        terms = self._log_joint_terms(values, z.shape[0], minibatch)
         return torch.stack(list(terms.values())).sum(0) + log_jac
 
     def log_density(self, z: torch.Tensor) -> torch.Tensor:
-        """Unnormalised log posterior density of each particle (unconstrained space): ``(P,)``."""
+        """Unnormalised log posterior density of each particle (unconstrained space): ``(P,)``.
+
+        For a model that subsamples its data this is the minibatch estimate Pyro's plates
+        give (likelihood scaled by ``N / B``), with a fresh minibatch at every call.
+        """
+        indices = self._draw_minibatch()
         if not self._jit:
-            return self._log_density_eager(z)
+            return self._log_density_eager(z, *indices)
         key = (tuple(z.shape), z.dtype, z.device)
         fn = self._compiled.get(key)
         if fn is None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                fn = torch.jit.trace(self._log_density_eager, (z.detach(),), check_trace=False)
+                fn = torch.jit.trace(
+                    self._log_density_eager, (z.detach(), *indices), check_trace=False
+                )
             self._compiled[key] = fn
-        return fn(z)
+        return fn(z, *indices)
 
     def value_and_grad(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Log density ``(P,)`` and its gradient ``(P, D)`` with respect to the particles."""

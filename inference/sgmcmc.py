@@ -164,7 +164,8 @@ class SGLD:
         init: ``"prior"`` or ``"uniform"`` (unconstrained coordinates in ``(-2, 2)``), a
             ``(C, D)`` tensor, or a dict of constrained site values.
         transforms: Site name to a ``Transform`` overriding Pyro's bijection.
-        jit: Compile the log density with the PyTorch tracer (ignored when subsampling).
+        jit: Compile the log density with the PyTorch tracer (for models without
+            data-dependent control flow; minibatches drawn by the model's plates stay fresh).
         divergence_threshold: A draw whose log density is this many nats below its chain's
             median is flagged as divergent (``sample_stats["diverging"]``), with a warning.
         checkpoint: Checkpoint file, written every ``checkpoint_every`` steps and at the end.

@@ -132,7 +132,7 @@ class SVGD:
             coordinates uniform in ``(-2, 2)``), or a ``(P, D)`` tensor / dict of site values.
         transforms: Site name to a ``Transform`` overriding Pyro's bijection for that site.
         jit: Compile the log density with the PyTorch tracer (models without data-dependent
-            control flow; ignored when the model subsamples data).
+            control flow; minibatches drawn by the model's plates stay fresh).
         checkpoint: Checkpoint file, written every ``checkpoint_every`` steps and at the end.
         checkpoint_every: Steps between checkpoints.
         progress_bar: Show a progress bar (``None``: on a terminal).
