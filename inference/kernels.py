@@ -57,7 +57,9 @@ class Kernel:
             raise ValueError(
                 f"bandwidth must be 'median', a float or a callable, got {bandwidth!r}"
             )
-        if isinstance(bandwidth, (int, float)) and not bandwidth > 0:
+        if isinstance(bandwidth, bool) or (
+            isinstance(bandwidth, (int, float)) and not bandwidth > 0
+        ):
             raise ValueError(f"bandwidth must be positive, got {bandwidth}")
         self.bandwidth = bandwidth
 

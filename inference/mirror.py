@@ -123,10 +123,10 @@ class OrthantEntropic(MirrorMap):
     def check(self, support: constraints.Constraint, site: str) -> None:
         """Only for ``positive`` / ``greater_than`` supports."""
         base = _base_support(support)
-        if not isinstance(base, constraints.greater_than):
+        if not isinstance(base, _LOWER_BOUNDED) or float(base.lower_bound) != self.lower:
             raise ValueError(
-                f"site {site!r} has support {support}, but OrthantEntropic needs a positive "
-                "(greater_than) support"
+                f"site {site!r} has support {support}, but OrthantEntropic(lower={self.lower}) "
+                f"needs a support bounded below by {self.lower}"
             )
 
     def to_dual(self, theta: torch.Tensor) -> torch.Tensor:  # noqa: D102
@@ -159,9 +159,14 @@ class BoxEntropic(MirrorMap):
     def check(self, support: constraints.Constraint, site: str) -> None:
         """Only for interval supports."""
         base = _base_support(support)
-        if not isinstance(base, (constraints.interval, constraints.half_open_interval)):
+        if (
+            not isinstance(base, (constraints.interval, constraints.half_open_interval))
+            or float(base.lower_bound) != self.lower
+            or float(base.upper_bound) != self.upper
+        ):
             raise ValueError(
-                f"site {site!r} has support {support}, but BoxEntropic needs an interval support"
+                f"site {site!r} has support {support}, but BoxEntropic({self.lower}, "
+                f"{self.upper}) needs the interval ({self.lower}, {self.upper})"
             )
 
     def _u(self, theta: torch.Tensor) -> torch.Tensor:
@@ -234,6 +239,10 @@ class SimplexEntropic(MirrorMap):
         return 1 - (theta.shape[-1] + 1) * theta
 
 
+# positive (Gamma, LogNormal) and nonnegative (Exponential, HalfNormal, HalfCauchy) supports
+_LOWER_BOUNDED = (constraints.greater_than, constraints.greater_than_eq)
+
+
 def _base_support(support: constraints.Constraint) -> constraints.Constraint:
     while isinstance(support, constraints.independent):
         support = support.base_constraint
@@ -251,7 +260,7 @@ def mirror_map_for(support: constraints.Constraint, site: str) -> MirrorMap:
     base = _base_support(support)
     if base is constraints.real:
         return Euclidean()
-    if isinstance(base, constraints.greater_than):
+    if isinstance(base, _LOWER_BOUNDED):
         return OrthantEntropic(float(base.lower_bound))
     if isinstance(base, (constraints.interval, constraints.half_open_interval)):
         return BoxEntropic(float(base.lower_bound), float(base.upper_bound))

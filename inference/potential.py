@@ -141,7 +141,14 @@ class Potential:
         blocks, offset = [], 0
         for name in latents:
             info = infos[name]
-            transform = transforms.get(name) or biject_to(info.support)
+            try:
+                transform = transforms.get(name) or biject_to(info.support)
+            except NotImplementedError:
+                raise ModelError(
+                    f"{engine}: site {name!r} has support {info.support}, which has no bijection "
+                    "from unconstrained space in torch; pass transforms={"
+                    f"{name!r}: <a Transform onto that support>}}"
+                ) from None
             unconstrained_shape = transform.inv.forward_shape(info.shape)
             size = math.prod(unconstrained_shape)
             blocks.append(
@@ -323,13 +330,16 @@ class Potential:
         if self.subsamples:
             return  # per-particle evaluations see other minibatches
         for name in singles[0]:
+            if name not in batched:
+                raise ModelError(
+                    f"{self.engine}: site {name!r} disappears when the model runs for several "
+                    "particles at once; the model must take the same path for every particle."
+                )
             expected = torch.stack([s[name] for s in singles]).to(batched[name].dtype)
-            if name not in batched or not torch.allclose(
-                batched[name], expected, rtol=1e-4, atol=1e-4
-            ):
+            if not torch.allclose(batched[name], expected, rtol=1e-4, atol=1e-4):
                 raise ModelError(
                     f"{self.engine}: site {name!r} does not broadcast over particles: its "
                     "log-density evaluated for two particles at once differs from evaluating "
                     "them one by one. Keep a batch dimension left of the model's plates "
-                    "(e.g. x @ w -> (x * w.unsqueeze(-2)).sum(-1), index with [..., i])."
+                    "(e.g. x @ w -> (x * w).sum(-1), index with [..., i])."
                 )

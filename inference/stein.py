@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.distributions import Transform, constraints
+from torch.distributions import Transform, biject_to, constraints
 
 from pplx.inference.checkpoint import (
     check_writable,
@@ -48,7 +48,7 @@ from pplx.inference.mirror import MirrorMap, mirror_map_for
 from pplx.inference.potential import Potential
 from pplx.inference.progress import progress_bar
 from pplx.inference.results import Result
-from pplx.inference.validation import ModelError, trace_or_explain
+from pplx.inference.validation import ModelError, latent_site_names, trace_or_explain
 from pplx.traces import site_infos
 
 
@@ -129,7 +129,9 @@ class SVGD:
         optimizer: Torch optimizer class applied to the particles (gradient :math:`-\phi`).
         optim_args: Its keyword arguments (default ``{"lr": 0.1}``).
         init: ``"prior"`` (draw particles from the model) or ``"uniform"`` (unconstrained
-            coordinates uniform in ``(-2, 2)``), or a ``(P, D)`` tensor / dict of site values.
+            coordinates uniform in ``(-2, 2)``), a dict of constrained site values, or a
+            ``(P, D)`` tensor of the potential's coordinates: unconstrained coordinates for
+            SVGD and SVNG, primal (constrained) coordinates for MSVGD and SVMD.
         transforms: Site name to a ``Transform`` overriding Pyro's bijection for that site.
         jit: Compile the log density with the PyTorch tracer (models without data-dependent
             control flow; minibatches drawn by the model's plates stay fresh).
@@ -417,6 +419,11 @@ class MSVGD(SVGD):
     ) -> None:
         self.mirror_maps = dict(mirror_maps or {})
         super().__init__(model, *args, **kwargs)
+        if isinstance(self.kernel, PreconditionedKernel):
+            raise ValueError(
+                f"{self.name}: mirrored samplers take a scalar kernel (RBFKernel, IMQKernel); "
+                "the preconditioned kernel is for SVGD (see SVNG)"
+            )
         if self.transforms:
             raise ValueError(
                 f"{self.name}: use mirror_maps=, not transforms=, for mirrored samplers"
@@ -428,12 +435,17 @@ class MSVGD(SVGD):
     def _site_transforms(self, args: tuple, kwargs: Mapping[str, Any]) -> dict[str, Transform]:
         trace = trace_or_explain(self.model, "model", *args, **kwargs)
         infos = site_infos(trace)
-        unknown = sorted(set(self.mirror_maps) - set(infos))
+        latents = latent_site_names(trace)
+        unknown = sorted(set(self.mirror_maps) - set(latents))
         if unknown:
-            raise ModelError(f"{self.name}: mirror_maps names unknown site(s) {unknown}")
+            raise ModelError(
+                f"{self.name}: mirror_maps names site(s) {unknown} that are not latent sites of "
+                f"the model; latent sites: {latents}"
+            )
         transforms = {}
-        for name, info in infos.items():
-            if info.observed or info.discrete:
+        for name in latents:
+            info = infos[name]
+            if info.discrete:
                 continue  # Potential reports these
             mirror = self.mirror_maps.get(name)
             try:
@@ -441,9 +453,9 @@ class MSVGD(SVGD):
                     mirror = mirror_map_for(info.support, name)
                 else:
                     mirror.check(info.support, name)
+                transforms[name] = _PrimalCoordinates(mirror, info.shape, info.support)
             except ValueError as error:
-                raise ModelError(f"{self.name}: {error}") from None
-            transforms[name] = _PrimalCoordinates(mirror, info.shape, info.support)
+                raise ModelError(f"{self.name}: site {name!r}: {error}") from None
         return transforms
 
     # Blockwise application of each site's mirror map to the flat coordinates.
@@ -456,6 +468,18 @@ class MSVGD(SVGD):
         for cols, mirror in self._blocks(potential):
             parts.append(getattr(mirror, method)(theta[..., cols], *(u[..., cols] for u in v)))
         return torch.cat(parts, -1)
+
+    def _initial_coordinates(self, potential: Potential) -> torch.Tensor:
+        if self.init_strategy != "uniform":
+            return super()._initial_coordinates(potential)
+        # "uniform" means Stan's convention in Pyro's unconstrained space, as for SVGD
+        values = {}
+        for block in potential.blocks:
+            bijection = biject_to(block.info.support)
+            shape = (self.num_particles, *bijection.inv.forward_shape(block.info.shape))
+            u = torch.rand(shape, dtype=potential.dtype, device=potential.device) * 4 - 2
+            values[block.name] = bijection(u)
+        return potential.pack(values)
 
     def to_state_coordinates(self, potential: Potential, z: torch.Tensor) -> torch.Tensor:  # noqa: D102
         return self._map(potential, "to_dual", z)
