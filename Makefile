@@ -40,8 +40,13 @@ format: venv
 docs: venv
 	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
 
+# Benchmarks print ratios against Pyro, hand-written PyTorch and (optional) posteriors.
 bench: venv
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/svi_overhead.py
+	$(BIN)/python benchmarks/svgd_logistic.py
+	$(BIN)/python benchmarks/sgld_linear.py
+	$(BIN)/python examples/svgd_simplex.py --out benchmarks/out
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info docs/_build pplx-report
