@@ -13,12 +13,12 @@ breast-cancer logistic regression. Everything is measured in this one run.
 """
 
 import argparse
-import time
 import warnings
 
 import pyro
 import pyro.distributions as dist
 import torch
+from timing import ms_per_call
 
 from pplx.inference import NUTS, SGHMC, SGLD
 from pplx.inference.workflow import logistic_problem
@@ -84,15 +84,6 @@ def posteriors_sgld(x, y, step_size):
     return step
 
 
-def per_step_ms(step, steps, warmup=20):
-    for _ in range(warmup):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return 1e3 * (time.perf_counter() - start) / steps
-
-
 def ess_per_second():
     problem = logistic_problem(torch.device("cpu"), torch.float64)
     rows = []
@@ -135,11 +126,11 @@ def main(argv=None):
         "  (ratio to hand-written)"
     )
     for chains in (1, 16):
-        hand = per_step_ms(hand_written(x, y, chains, step_size), args.steps)
-        ours = per_step_ms(pplx_sgld(x, y, chains, step_size), args.steps)
-        ours_jit = per_step_ms(pplx_sgld(x, y, chains, step_size, jit=True), args.steps)
+        hand = ms_per_call(hand_written(x, y, chains, step_size), args.steps)
+        ours = ms_per_call(pplx_sgld(x, y, chains, step_size), args.steps)
+        ours_jit = ms_per_call(pplx_sgld(x, y, chains, step_size, jit=True), args.steps)
         other = posteriors_sgld(x, y, step_size) if chains == 1 else None
-        other_cell = "n/a" if other is None else f"{per_step_ms(other, args.steps) / hand:.2f}x"
+        other_cell = "n/a" if other is None else f"{ms_per_call(other, args.steps) / hand:.2f}x"
         print(
             f"{chains:>6} {hand:8.3f} {ours / hand:6.2f}x {ours_jit / hand:8.2f}x {other_cell:>11}"
         )

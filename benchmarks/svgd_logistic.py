@@ -11,7 +11,6 @@ its gradient, the kernel and the update directly. All are timed in this one run.
 
 import argparse
 import math
-import time
 import warnings
 
 import pyro
@@ -19,6 +18,7 @@ import pyro.distributions as dist
 import torch
 from pyro.infer import SVGD as PyroSVGD
 from pyro.infer import RBFSteinKernel
+from timing import ms_per_call
 
 from pplx.inference import SVGD, RBFKernel
 
@@ -85,15 +85,6 @@ def pyro_svgd(x, y, particles, lr):
     return lambda: svgd.step(x, y)
 
 
-def time_per_step(step, steps, warmup=5):
-    for _ in range(warmup):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return 1e3 * (time.perf_counter() - start) / steps
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=50)
@@ -110,10 +101,10 @@ def main(argv=None):
     for num in args.particles:
         pyro.clear_param_store()
         particles = torch.randn(num, D) * 0.1
-        hand = time_per_step(hand_written(x, y, particles, lr), args.steps)
-        eager = time_per_step(pplx_svgd(x, y, particles, lr, jit=False), args.steps)
-        jit = time_per_step(pplx_svgd(x, y, particles, lr, jit=True), args.steps)
-        ref = time_per_step(pyro_svgd(x, y, particles, lr), args.steps)
+        hand = ms_per_call(hand_written(x, y, particles, lr), args.steps)
+        eager = ms_per_call(pplx_svgd(x, y, particles, lr, jit=False), args.steps)
+        jit = ms_per_call(pplx_svgd(x, y, particles, lr, jit=True), args.steps)
+        ref = ms_per_call(pyro_svgd(x, y, particles, lr), args.steps)
         print(
             f"{num:>9} {hand:>9.3f} {eager / hand:>6.2f}x {jit / hand:>8.2f}x {ref / hand:>6.2f}x"
         )

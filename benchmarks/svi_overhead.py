@@ -10,12 +10,12 @@ milliseconds per step and the ratio to hand-written.
 """
 
 import argparse
-import time
 
 import pyro
 import pyro.distributions as dist
 import torch
 from pyro.infer.autoguide import AutoNormal
+from timing import ms_per_call
 
 from pplx.datasets import breast_cancer
 from pplx.inference import SVI
@@ -30,15 +30,6 @@ def hand_guide(x, y=None):
     )
     pyro.sample("w", dist.Normal(loc[:-1], scale[:-1]).to_event(1))
     pyro.sample("b", dist.Normal(loc[-1], scale[-1]))
-
-
-def time_steps(step, steps, warmup=20):
-    for _ in range(warmup):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return 1e3 * (time.perf_counter() - start) / steps
 
 
 def handwritten(x, y, lr):
@@ -93,13 +84,13 @@ def main(argv=None):
 
     rows = []
     pyro.set_rng_seed(0)
-    rows.append(("hand-written PyTorch", time_steps(handwritten(x, y, lr), args.steps)))
+    rows.append(("hand-written PyTorch", ms_per_call(handwritten(x, y, lr), args.steps)))
     for label, make_guide in (("hand guide", lambda: hand_guide), ("AutoNormal", None)):
         for engine, build in (("Pyro SVI", pyro_svi), ("pplx SVI", pplx_svi)):
             pyro.clear_param_store()
             pyro.set_rng_seed(0)
             guide = make_guide() if make_guide else AutoNormal(logistic_regression)
-            rows.append((f"{engine}, {label}", time_steps(build(x, y, lr, guide), args.steps)))
+            rows.append((f"{engine}, {label}", ms_per_call(build(x, y, lr, guide), args.steps)))
     base = rows[0][1]
     print(
         f"SVI step, logistic regression 569 x 30, {args.dtype}, {args.device}, {args.steps} steps"

@@ -75,6 +75,24 @@ def _subsampling_plates(trace: poutine.Trace) -> dict[str, tuple[int, int]]:
     return plates
 
 
+class PotentialCache:
+    """Keeps the :class:`Potential` of the last model arguments, rebuilt when they change.
+
+    Arguments are compared by identity: passing the same data tensors again reuses the traced
+    model; new tensors trace it again.
+    """
+
+    def __init__(self) -> None:
+        self._entry: tuple[tuple, Potential] | None = None
+
+    def get(self, build: Callable[[], Potential], args: tuple, kwargs: Mapping) -> Potential:
+        """The cached potential for ``(args, kwargs)``, or ``build()`` for new arguments."""
+        key = (tuple(id(a) for a in args), tuple((k, id(v)) for k, v in sorted(kwargs.items())))
+        if self._entry is None or self._entry[0] != key:
+            self._entry = (key, build())
+        return self._entry[1]
+
+
 class Potential:
     """Vectorized log density of a Pyro model over flat unconstrained particles.
 

@@ -46,7 +46,7 @@ from pplx.inference.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from pplx.inference.potential import Potential
+from pplx.inference.potential import Potential, PotentialCache
 from pplx.inference.progress import progress_bar
 from pplx.inference.results import Result
 
@@ -204,18 +204,22 @@ class SGLD:
         self.checkpoint = None if checkpoint is None else Path(checkpoint)
         self.checkpoint_every = checkpoint_every
         self.progress_bar = progress_bar
-        self._cache: tuple[tuple, Potential] | None = None
+        self._potentials = PotentialCache()
 
     def potential(self, *args: Any, **kwargs: Any) -> Potential:
         """The compiled log density of the model on these arguments (cached per arguments)."""
-        key = (tuple(id(a) for a in args), tuple((k, id(v)) for k, v in sorted(kwargs.items())))
-        if self._cache is not None and self._cache[0] == key:
-            return self._cache[1]
-        potential = Potential(
-            self.model, args, kwargs, transforms=self.transforms, engine=self.name, jit=self.jit
+        return self._potentials.get(
+            lambda: Potential(
+                self.model,
+                args,
+                kwargs,
+                transforms=self.transforms,
+                engine=self.name,
+                jit=self.jit,
+            ),
+            args,
+            kwargs,
         )
-        self._cache = (key, potential)
-        return potential
 
     # ------------------------------------------------------------------ functional core
     def init(self, *args: Any, num_chains: int = 1, **kwargs: Any) -> SGMCMCState:

@@ -45,7 +45,7 @@ from pplx.inference.checkpoint import (
 )
 from pplx.inference.kernels import IMQKernel, Kernel, PreconditionedKernel, RBFKernel
 from pplx.inference.mirror import MirrorMap, mirror_map_for
-from pplx.inference.potential import Potential
+from pplx.inference.potential import Potential, PotentialCache
 from pplx.inference.progress import progress_bar
 from pplx.inference.results import Result
 from pplx.inference.validation import ModelError, latent_site_names, trace_or_explain
@@ -177,7 +177,7 @@ class SVGD:
         self.checkpoint = None if checkpoint is None else Path(checkpoint)
         self.checkpoint_every = checkpoint_every
         self.progress_bar = progress_bar
-        self._cache: tuple[tuple, Potential] | None = None
+        self._potentials = PotentialCache()
 
     def default_kernel(self) -> Kernel:
         """The kernel used when none is given."""
@@ -189,19 +189,18 @@ class SVGD:
 
     def potential(self, *args: Any, **kwargs: Any) -> Potential:
         """The compiled log density of the model on these arguments (cached per arguments)."""
-        key = (tuple(id(a) for a in args), tuple((k, id(v)) for k, v in sorted(kwargs.items())))
-        if self._cache is not None and self._cache[0] == key:
-            return self._cache[1]
-        potential = Potential(
-            self.model,
+        return self._potentials.get(
+            lambda: Potential(
+                self.model,
+                args,
+                kwargs,
+                transforms=self._site_transforms(args, kwargs),
+                engine=self.name,
+                jit=self.jit,
+            ),
             args,
             kwargs,
-            transforms=self._site_transforms(args, kwargs),
-            engine=self.name,
-            jit=self.jit,
         )
-        self._cache = (key, potential)
-        return potential
 
     # ------------------------------------------------------------------ coordinates
     def _initial_coordinates(self, potential: Potential) -> torch.Tensor:
