@@ -7,6 +7,7 @@ from typing import Any
 
 import pyro.poutine as poutine
 import torch
+from pyro.poutine.messenger import Messenger
 
 from pplx.traces import is_data, sample_sites
 
@@ -15,10 +16,26 @@ class ModelError(ValueError):
     """A model, guide or data set that an engine cannot fit as given."""
 
 
+class _SubsampleCheck(Messenger):
+    """Refuse a plate whose minibatch is larger than the plate, naming it (Pyro would not)."""
+
+    def _pyro_sample(self, msg: dict) -> None:
+        fn = msg["fn"]
+        if type(fn).__name__ == "_Subsample" and fn.subsample_size is not None:
+            if fn.subsample_size > fn.size:
+                raise ModelError(
+                    f"plate {msg['name']!r}: subsample_size={fn.subsample_size} is larger than "
+                    f"its size {fn.size}; use at most the number of data points."
+                )
+
+
 def trace_or_explain(fn: Callable, role: str, *args: Any, **kwargs: Any) -> poutine.Trace:
     """Trace ``fn`` once; if it raises, re-raise with the role (model/guide) in the message."""
     try:
-        return poutine.trace(fn).get_trace(*args, **kwargs)
+        with _SubsampleCheck():
+            return poutine.trace(fn).get_trace(*args, **kwargs)
+    except ModelError:
+        raise
     except Exception as error:  # noqa: BLE001 - re-raised with context
         raise ModelError(
             f"running the {role} {getattr(fn, '__name__', type(fn).__name__)!r} on the given "
