@@ -22,16 +22,6 @@ D64 = torch.float64
 RTOL, ATOL = 1e-10, 1e-12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors gain nothing from intra-op threads, and oversubscribed cores (tests running
-    # beside other work) slow them down by an order of magnitude.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def particles(n: int = 7, dim: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Spread-out particles and arbitrary 'scores' (the direction is linear in the score)."""
     g = torch.Generator().manual_seed(seed)

@@ -25,15 +25,6 @@ D64 = torch.float64
 TOL = {"rtol": 1e-9, "atol": 1e-11}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors gain nothing from intra-op threads; oversubscribed cores slow them down.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --------------------------------------------------------------------------- potentials psi
 
 

@@ -28,15 +28,6 @@ from pplx.inference import ModelError, Potential
 D64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors gain nothing from intra-op threads; oversubscribed cores slow them down.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def t(value) -> torch.Tensor:
     return torch.tensor(value, dtype=D64)
 

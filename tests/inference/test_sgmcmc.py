@@ -40,15 +40,6 @@ from pplx.inference.checkpoint import set_rng_state
 D64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny per-step tensors gain nothing from intra-op threads; oversubscribed cores slow them.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def t(value, dtype=D64) -> torch.Tensor:
     return torch.as_tensor(value, dtype=dtype)
 

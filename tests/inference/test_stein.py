@@ -49,17 +49,6 @@ ENGINES = [SVGD, SVNG, MSVGD, SVMD]
 ENGINE_IDS = [cls.__name__ for cls in ENGINES]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The particle tensors are small (at most 200 x 200): intra-op threads gain nothing, and on
-    # oversubscribed cores (tests beside other work) they slowed a 1000-step run from ~3 s to
-    # over 30 s. One thread keeps the module well inside its time budget.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def t(value) -> torch.Tensor:
     return torch.tensor(value, dtype=D64)
 
