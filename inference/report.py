@@ -73,9 +73,13 @@ def plot_posteriors(workflow: WorkflowReport, path: Path) -> None:
 
 
 def plot_traces(workflow: WorkflowReport, path: Path) -> None:
-    """Loss curves of optimisation engines and log-density traces of sampling engines."""
+    """Loss curves (SVI), step-norm curves (particle methods) and log-density traces (MCMC)."""
     results = list(workflow.results.items())
-    fig, axes = plt.subplots(1, len(results), figsize=(3.6 * len(results), 2.8), squeeze=False)
+    cols = min(4, len(results))
+    rows = math.ceil(len(results) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
+    for ax in axes.flat[len(results) :]:
+        ax.axis("off")
     for ax, (name, result) in zip(axes.flat, results):
         if "loss" in result.trace and len(result.trace["loss"]):
             loss = result.trace["loss"].double().numpy()
@@ -86,6 +90,11 @@ def plot_traces(workflow: WorkflowReport, path: Path) -> None:
             ax.set_yscale("symlog")
             ax.set_xlabel("step")
             ax.set_ylabel("loss")
+        elif "step_norm" in result.trace and len(result.trace["step_norm"]):
+            ax.plot(result.trace["step_norm"].double().numpy(), lw=1.0)
+            ax.set_yscale("log")
+            ax.set_xlabel("step")
+            ax.set_ylabel("mean |update direction|")
         elif "lp" in result.sample_stats:
             lp = result.sample_stats["lp"].double().cpu().numpy()
             for chain in range(lp.shape[0]):
@@ -144,9 +153,9 @@ def write_report(workflow: WorkflowReport, config: FitConfig) -> list[str]:
         "",
         "Errors are standardised by the reference posterior's standard deviation, over the "
         f"coordinates of {', '.join(f'`{s}`' for s in workflow.problem.sites)}. ESS is the "
-        "minimum bulk effective sample size for MCMC draws and the importance-weighted "
+        "minimum bulk effective sample size for MCMC draws, the importance-weighted "
         "(Kish) effective sample size for variational draws (how many exact posterior draws "
-        "the guide's draws are worth).",
+        "the guide's draws are worth), and the number of particles for particle methods.",
         "",
         _markdown_table(workflow),
         "",

@@ -67,9 +67,10 @@ class Comparison:
         mean_error_max: Largest ``|mean - mean_ref| / sd_ref`` over all compared coordinates.
         mean_error_rms: Root mean square of the same standardised errors.
         sd_error: Mean of ``|sd / sd_ref - 1|`` over coordinates.
-        ess: Effective sample size: minimum bulk ESS for MCMC draws, or the importance-
-            weighted (Kish) ESS for variational draws.
-        ess_kind: ``"bulk"`` or ``"importance"``.
+        ess: Effective sample size: minimum bulk ESS for MCMC draws, the importance-
+            weighted (Kish) ESS for variational draws, the number of particles for particle
+            methods.
+        ess_kind: ``"bulk"``, ``"importance"`` or ``"particles"``.
         wall_time: Seconds spent fitting.
         error: The error message if the engine failed.
     """
@@ -97,6 +98,8 @@ def compare(result: Result, reference: Result, sites: Sequence[str]) -> Comparis
     importance = result.importance_ess()
     if importance is not None:
         ess, kind = importance, "importance"
+    elif "num_particles" in result.info:  # interacting particles are not a Markov chain
+        ess, kind = float(result.info["num_particles"]), "particles"
     else:
         ess_all = result.effective_sample_size()
         ess = float(min(ess_all[s].min() for s in sites))
