@@ -316,6 +316,31 @@ class Potential:
                 )
             return self.pack(values)
 
+    def initial_points(
+        self, init: str | torch.Tensor | Mapping[str, torch.Tensor], num: int, what: str
+    ) -> torch.Tensor:
+        """``(num, dim)`` starting points from an engine's ``init`` argument.
+
+        ``init`` is a strategy for :meth:`init_particles`, a dict of constrained site values
+        (packed with :meth:`pack`), or a tensor of this potential's coordinates.
+
+        Raises:
+            ValueError: The result does not have shape ``(num, dim)`` (``what`` names the
+                points in the message: particles, positions...).
+        """
+        if isinstance(init, torch.Tensor):
+            z = init.to(dtype=self.dtype, device=self.device)
+        elif isinstance(init, Mapping):
+            z = self.pack(init)
+        else:
+            z = self.init_particles(num, init)
+        if z.shape != (num, self.dim):
+            raise ValueError(
+                f"{self.engine}: initial {what} must have shape ({num}, {self.dim}), "
+                f"got {tuple(z.shape)}"
+            )
+        return z
+
     def _check_vectorized(self, trace: poutine.Trace) -> None:
         """Name the first site whose vectorized log-density differs from a per-particle one."""
         with torch.no_grad():

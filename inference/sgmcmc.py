@@ -256,18 +256,7 @@ class SGLD:
                 f"{self.name}: num_chains must be an integer >= 1, got {num_chains!r}"
             )
         potential = self.potential(*args, **kwargs)
-        init = self.init_strategy
-        if isinstance(init, torch.Tensor):
-            position = init.to(dtype=potential.dtype, device=potential.device)
-        elif isinstance(init, Mapping):
-            position = potential.pack(init)
-        else:
-            position = potential.init_particles(num_chains, init)
-        if position.shape != (num_chains, potential.dim):
-            raise ValueError(
-                f"{self.name}: initial positions must have shape ({num_chains}, {potential.dim}), "
-                f"got {tuple(position.shape)}"
-            )
+        position = potential.initial_points(self.init_strategy, num_chains, "positions")
         return SGMCMCState(step=0, position=position.detach().clone(), aux=self.init_aux(position))
 
     def init_aux(self, position: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -204,19 +204,7 @@ class SVGD:
 
     # ------------------------------------------------------------------ coordinates
     def _initial_coordinates(self, potential: Potential) -> torch.Tensor:
-        init = self.init_strategy
-        if isinstance(init, torch.Tensor):
-            z = init.to(dtype=potential.dtype, device=potential.device)
-        elif isinstance(init, Mapping):
-            z = potential.pack(init)
-        else:
-            z = potential.init_particles(self.num_particles, init)
-        if z.shape != (self.num_particles, potential.dim):
-            raise ValueError(
-                f"{self.name}: initial particles must have shape ({self.num_particles}, "
-                f"{potential.dim}), got {tuple(z.shape)}"
-            )
-        return z
+        return potential.initial_points(self.init_strategy, self.num_particles, "particles")
 
     def to_state_coordinates(self, potential: Potential, z: torch.Tensor) -> torch.Tensor:
         """Coordinates the optimizer moves, from the potential's coordinates."""

@@ -79,14 +79,6 @@ class ScriptedLoss:
         return self.inner.differentiable_loss(model, guide, *args, **kwargs)
 
 
-@pytest.fixture(autouse=True)
-def fresh_pyro():
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    yield
-    pyro.clear_param_store()
-
-
 def _all_finite(tensors) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors)
 
