@@ -92,7 +92,13 @@ class Kernel:
         """Kernel matrix ``K[i, j] = k(x_i, x_j)``, its ``d k / d(d^2)`` and the bandwidth."""
         d2 = squared_distances(x)
         h = self.resolve_bandwidth(d2, step)
-        return self.matrix(d2, h), self.derivative(d2, h), h
+        return (*self.matrix_and_derivative(d2, h), h)
+
+    def matrix_and_derivative(
+        self, d2: torch.Tensor, h: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`matrix` and :meth:`derivative` together (kernels may share the work)."""
+        return self.matrix(d2, h), self.derivative(d2, h)
 
     def grad_first(self, x: torch.Tensor, dk: torch.Tensor) -> torch.Tensor:
         r"""Full tensor ``G[i, j] = \nabla_{x_i} k(x_i, x_j)`` of shape ``(n, n, D)``."""
@@ -132,6 +138,13 @@ class RBFKernel(Kernel):
     def derivative(self, d2: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         r""":math:`-\exp(-d^2 / h) / h`."""
         return -torch.exp(-d2 / h) / h
+
+    def matrix_and_derivative(
+        self, d2: torch.Tensor, h: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One exponential for both: :math:`k` and :math:`-k / h`."""
+        kmat = torch.exp(-d2 / h)
+        return kmat, -kmat / h
 
 
 class IMQKernel(Kernel):
