@@ -30,9 +30,6 @@ from torch.distributions import constraints
 class MirrorMap:
     """Interface of a mirror map on one site's primal coordinates ``(..., d)``."""
 
-    #: Human-readable name of the set the map lives on.
-    domain = "R^d"
-
     def check(self, support: constraints.Constraint, site: str) -> None:
         """Raise if this map does not fit a site's support."""
 
@@ -115,8 +112,6 @@ class Euclidean(MirrorMap):
 class OrthantEntropic(MirrorMap):
     r"""Entropic map on :math:`\theta > a` (``constraints.positive`` or ``greater_than(a)``)."""
 
-    domain = "orthant"
-
     def __init__(self, lower: float = 0.0) -> None:
         self.lower = lower
 
@@ -147,8 +142,6 @@ class OrthantEntropic(MirrorMap):
 
 class BoxEntropic(MirrorMap):
     """Entropic map on the box :math:`(a, b)^d` (``constraints.interval``, ``unit_interval``)."""
-
-    domain = "box"
 
     def __init__(self, lower: float = 0.0, upper: float = 1.0) -> None:
         if not upper > lower:
@@ -192,8 +185,6 @@ class BoxEntropic(MirrorMap):
 
 class SimplexEntropic(MirrorMap):
     """Entropic map on the probability simplex; primal coordinates are the first ``K - 1``."""
-
-    domain = "simplex"
 
     def check(self, support: constraints.Constraint, site: str) -> None:
         """Only for ``constraints.simplex``."""
