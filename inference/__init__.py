@@ -8,6 +8,7 @@ Importing this package registers the built-in engines with the workflow registry
 from pplx.inference import builtin_engines  # noqa: E402, F401, I001
 from pplx.inference.arviz_io import to_inference_data
 from pplx.inference.checkpoint import load_checkpoint, save_checkpoint
+from pplx.inference.diagnostics import stein_discrepancy
 from pplx.inference.kernels import IMQKernel, Kernel, PreconditionedKernel, RBFKernel
 from pplx.inference.mcmc import NUTS, result_from_mcmc
 from pplx.inference.mirror import (
@@ -79,6 +80,7 @@ __all__ = [
     "get_engine",
     "load_checkpoint",
     "register_engine",
+    "stein_discrepancy",
     "result_from_mcmc",
     "save_checkpoint",
     "to_inference_data",
