@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -48,8 +47,8 @@ from pplx.inference.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from pplx.inference.loop import run_steps
 from pplx.inference.potential import Potential, PotentialCache
-from pplx.inference.progress import progress_bar
 from pplx.inference.results import Result
 
 # ---------------------------------------------------------------------- step-size schedules
@@ -362,25 +361,28 @@ class SGLD:
                 state = self.init(*args, num_chains=num_chains, **kwargs)
         self.prepare(state, warmup_steps)
         total = warmup_steps + num_samples * thinning
-        start = time.perf_counter()
-        bar = progress_bar(total, self.name, self.progress_bar, initial=state.step)
-        try:
-            while state.step < total:
-                self.step(state, *args, **kwargs)
-                kept = state.step - warmup_steps
-                if kept > 0 and kept % thinning == 0:
-                    # the draw is the position the step evaluated, paired with its density
-                    state.draws.append(state.previous)
-                    state.draw_log_density.append(state.log_density)
-                    state.step_sizes.append(state.step_size)
-                if self.checkpoint is not None and state.step % self.checkpoint_every == 0:
-                    self.save(state, self.checkpoint)
-                bar.update(1)
-        finally:
-            bar.close()
-        if self.checkpoint is not None:
-            self.save(state, self.checkpoint)
-        return self.result(state, *args, wall_time=time.perf_counter() - start, **kwargs)
+
+        def advance(state: SGMCMCState) -> tuple[None, bool]:
+            self.step(state, *args, **kwargs)
+            kept = state.step - warmup_steps
+            if kept > 0 and kept % thinning == 0:
+                # the draw is the position the step evaluated, paired with its density
+                state.draws.append(state.previous)
+                state.draw_log_density.append(state.log_density)
+                state.step_sizes.append(state.step_size)
+            return None, False
+
+        wall_time = run_steps(
+            state,
+            total,
+            advance,
+            name=self.name,
+            progress=self.progress_bar,
+            checkpoint=self.checkpoint,
+            checkpoint_every=self.checkpoint_every,
+            save=self.save,
+        )
+        return self.result(state, *args, wall_time=wall_time, **kwargs)
 
     def result(
         self, state: SGMCMCState, *args: Any, wall_time: float = math.nan, **kwargs: Any

@@ -27,7 +27,6 @@ as in Liu & Wang's code), whose gradient is set to :math:`-\phi`.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,9 +43,9 @@ from pplx.inference.checkpoint import (
     set_rng_state,
 )
 from pplx.inference.kernels import IMQKernel, Kernel, PreconditionedKernel, RBFKernel
+from pplx.inference.loop import run_steps
 from pplx.inference.mirror import MirrorMap, mirror_map_for
 from pplx.inference.potential import Potential, PotentialCache
-from pplx.inference.progress import progress_bar
 from pplx.inference.results import Result
 from pplx.inference.validation import ModelError, latent_site_names, trace_or_explain
 from pplx.traces import site_infos
@@ -321,23 +320,22 @@ class SVGD:
                 state = self.load(self.checkpoint, *args, **kwargs)
             else:
                 state = self.init(*args, **kwargs)
-        start = time.perf_counter()
-        bar = progress_bar(num_steps, self.name, self.progress_bar, initial=state.step)
-        try:
-            while state.step < num_steps:
-                self.step(state, *args, **kwargs)
-                if self.checkpoint is not None and state.step % self.checkpoint_every == 0:
-                    self.save(state, self.checkpoint)
-                if callback is not None:
-                    callback(state)
-                bar.update(1)
-                if state.step % 10 == 0:
-                    bar.set_postfix(step_norm=f"{state.step_norms[-1]:.3g}", refresh=False)
-        finally:
-            bar.close()
-        if self.checkpoint is not None:
-            self.save(state, self.checkpoint)
-        wall_time = time.perf_counter() - start
+
+        def advance(state: SteinState) -> tuple[dict[str, str], bool]:
+            self.step(state, *args, **kwargs)
+            return {"step_norm": f"{state.step_norms[-1]:.3g}"}, False
+
+        wall_time = run_steps(
+            state,
+            num_steps,
+            advance,
+            name=self.name,
+            progress=self.progress_bar,
+            checkpoint=self.checkpoint,
+            checkpoint_every=self.checkpoint_every,
+            save=self.save,
+            after=callback,
+        )
         return self.result(state, *args, wall_time=wall_time, **kwargs)
 
     def result(

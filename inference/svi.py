@@ -12,7 +12,6 @@ can be saved, loaded and moved as one object.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from pplx.inference.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from pplx.inference.progress import progress_bar
+from pplx.inference.loop import run_steps
 from pplx.inference.results import Result
 from pplx.inference.validation import check_guide, check_model, trace_or_explain
 from pplx.traces import sample_sites
@@ -530,34 +529,30 @@ class SVI:
 
         if self.early_stopping is not None and state.stopping is None:
             state.stopping = self.early_stopping.init()
-        start = time.perf_counter()
-        bar = progress_bar(num_steps, self.name, self.progress_bar, initial=state.step)
         state.stopped_early = False
-        try:
-            with self.params_scope(state):
-                while state.step < num_steps:
-                    step_args, step_kwargs = (
-                        (args, kwargs)
-                        if stream is None
-                        else _split_batch(next(stream), args, kwargs)
-                    )
-                    loss = self._step(state, step_args, step_kwargs)
-                    stop = self.early_stopping is not None and self.early_stopping.update(
-                        state.stopping, loss, state.step
-                    )
-                    if self.checkpoint is not None and state.step % self.checkpoint_every == 0:
-                        self.save(state, self.checkpoint)
-                    bar.update(1)
-                    if state.step % 10 == 0 or stop:
-                        bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
-                    if stop:
-                        state.stopped_early = True
-                        break
-        finally:
-            bar.close()
-        if self.checkpoint is not None:
-            self.save(state, self.checkpoint)
-        wall_time = time.perf_counter() - start
+
+        def advance(state: SVIState) -> tuple[dict[str, str], bool]:
+            step_args, step_kwargs = (
+                (args, kwargs) if stream is None else _split_batch(next(stream), args, kwargs)
+            )
+            loss = self._step(state, step_args, step_kwargs)
+            stop = self.early_stopping is not None and self.early_stopping.update(
+                state.stopping, loss, state.step
+            )
+            state.stopped_early = stop
+            return {"loss": f"{loss:.4g}"}, stop
+
+        with self.params_scope(state):
+            wall_time = run_steps(
+                state,
+                num_steps,
+                advance,
+                name=self.name,
+                progress=self.progress_bar,
+                checkpoint=self.checkpoint,
+                checkpoint_every=self.checkpoint_every,
+                save=self.save,
+            )
         return self.posterior(
             state, *first[0], num_samples=num_samples, wall_time=wall_time, **first[1]
         )
