@@ -1,0 +1,142 @@
+"""Objectives with Pyro's ELBO interface (``loss``, ``differentiable_loss``, ``loss_and_grads``).
+
+Every :class:`Objective` is a :class:`pyro.infer.ELBO`, so it plugs into
+``pyro.infer.SVI(model, guide, optim, loss=...)`` and into :class:`pplx.inference.SVI`
+unchanged. Its :meth:`~Objective.program` is the objective written with the primitives of
+:mod:`pplx.objectives.program`; :func:`objective` turns a plain function into one.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import pyro.infer
+import torch
+
+from pplx.objectives.program import Execution, Terms, plate_nesting_of
+from pplx.objectives.transform import Surrogate, _as_estimate, _weighted, build_surrogate
+
+
+class Objective(pyro.infer.ELBO):
+    """Base class of pplx objectives.
+
+    Subclasses implement :meth:`program`. The objective's value is the expectation of the
+    program's output; :meth:`differentiable_loss` returns a tensor whose value is the loss
+    (minus the objective, or the objective itself when ``maximize`` is ``False``) and whose
+    gradient is an unbiased estimate of the loss's gradient.
+
+    Args:
+        num_particles: Number of vectorized particles :math:`K`.
+        max_plate_nesting: Number of plate dimensions of model and guide; guessed from one
+            run when ``None``.
+    """
+
+    #: the objective is a lower bound to maximise (``False``: an upper bound to minimise)
+    maximize: bool = True
+
+    def __init__(self, num_particles: int = 1, max_plate_nesting: int | None = None) -> None:
+        if int(num_particles) != num_particles or num_particles < 1:
+            raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
+        super().__init__(num_particles=int(num_particles), vectorize_particles=True)
+        self._plate_nesting = max_plate_nesting
+
+    # -- the program ------------------------------------------------------------------------
+    def program(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> Any:
+        """The objective as a program over the primitives (see :mod:`pplx.objectives`)."""
+        raise NotImplementedError
+
+    def plate_nesting(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> int:
+        """The number of plate dimensions (guessed once from one run of guide and model)."""
+        if self._plate_nesting is None:
+            self._plate_nesting = plate_nesting_of((guide, args, kwargs), (model, args, kwargs))
+        return self._plate_nesting
+
+    def surrogate(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> Surrogate:
+        """Run the program and build its :class:`~pplx.objectives.transform.Surrogate`."""
+        nesting = self.plate_nesting(model, guide, args, kwargs)
+        program = functools.partial(self.program, model, guide, *args, **kwargs)
+        return build_surrogate(program, self.num_particles, nesting, args, kwargs)
+
+    def estimate(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
+        """One estimate of the objective, without gradients."""
+        nesting = self.plate_nesting(model, guide, args, kwargs)
+        ex = Execution(self.num_particles, nesting)
+        with ex, torch.no_grad():
+            out = _as_estimate(self.program(model, guide, *args, **kwargs), ex)
+            if isinstance(out, Terms):
+                value = sum(_weighted(t, h, ex).sum() for t, h in out.items)
+            else:
+                value = out.value
+        return float(value)
+
+    # -- Pyro's ELBO interface --------------------------------------------------------------
+    def _get_trace(self, model, guide, args, kwargs):  # Pyro's abstract hook; unused here
+        raise NotImplementedError("pplx objectives run programs, not Pyro's trace pairs")
+
+    def _sign(self) -> float:
+        return -1.0 if self.maximize else 1.0
+
+    def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
+        """The loss (``-objective`` for lower bounds) as a float, without gradients."""
+        return self._sign() * self.estimate(model, guide, *args, **kwargs)
+
+    def differentiable_loss(
+        self, model: Callable, guide: Callable, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
+        """A tensor with the loss's value and an unbiased estimate of its gradient."""
+        return self._sign() * self.surrogate(model, guide, *args, **kwargs).surrogate
+
+    def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
+        """Backpropagate :meth:`differentiable_loss` and return the loss as a float."""
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        if loss.requires_grad:
+            loss.backward(retain_graph=self.retain_graph)
+        return float(loss.detach())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(num_particles={self.num_particles})"
+
+
+class ProgramObjective(Objective):
+    """An :class:`Objective` whose program is a user function (see :func:`objective`)."""
+
+    def __init__(
+        self,
+        fn: Callable,
+        num_particles: int = 1,
+        maximize: bool = True,
+        max_plate_nesting: int | None = None,
+    ) -> None:
+        super().__init__(num_particles, max_plate_nesting)
+        self.fn = fn
+        self.maximize = maximize
+        functools.update_wrapper(self, fn, updated=())
+
+    def program(self, model, guide, *args, **kwargs):  # noqa: D102
+        return self.fn(model, guide, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"objective({self.fn.__name__}, num_particles={self.num_particles})"
+
+
+def objective(
+    fn: Callable | None = None,
+    *,
+    num_particles: int = 1,
+    maximize: bool = True,
+    max_plate_nesting: int | None = None,
+) -> Any:
+    """Turn ``fn(model, guide, *args, **kwargs)`` into an :class:`Objective`.
+
+    ``fn`` is written with the primitives; usable as a decorator, with or without options.
+    """
+    if fn is None:
+        return functools.partial(
+            objective,
+            num_particles=num_particles,
+            maximize=maximize,
+            max_plate_nesting=max_plate_nesting,
+        )
+    return ProgramObjective(fn, num_particles, maximize, max_plate_nesting)
