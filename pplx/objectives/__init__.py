@@ -7,6 +7,8 @@ Primitives (:mod:`pplx.objectives.program`): :func:`simulate`, :func:`density`,
 """
 
 from pplx.objectives.base import Objective, objective
+from pplx.objectives.diagnostics import GradientStats, compare_estimators, gradient_variance
+from pplx.objectives.hierarchical import DIWHVI, HVI, IWHVI, marginal_log_density
 from pplx.objectives.library import CUBO, ELBO, IWAE, RWS, VIMCO, Renyi
 from pplx.objectives.program import (
     Draw,
@@ -22,20 +24,27 @@ from pplx.objectives.program import (
 
 __all__ = [
     "CUBO",
+    "DIWHVI",
+    "HVI",
+    "IWHVI",
     "ELBO",
     "IWAE",
     "RWS",
     "VIMCO",
     "Draw",
     "Estimate",
+    "GradientStats",
     "ModelDensity",
     "Objective",
     "ObjectiveError",
     "Renyi",
     "Terms",
+    "compare_estimators",
     "density",
     "expectation",
+    "gradient_variance",
     "logmeanexp",
+    "marginal_log_density",
     "objective",
     "simulate",
 ]

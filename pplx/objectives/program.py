@@ -605,6 +605,7 @@ def density(
     draw: Draw,
     *args: Any,
     values: dict[str, torch.Tensor] | None = None,
+    partial: bool = False,
     **kwargs: Any,
 ) -> ModelDensity:
     """Evaluate ``model``'s log joint at the values of ``draw`` (replaying its choices).
@@ -614,6 +615,8 @@ def density(
         draw: A :class:`Draw` from :func:`simulate` of a guide for this model.
         *args: The model's positional arguments.
         values: Values to use instead of ``draw.values`` (e.g. re-weighted copies), same keys.
+        partial: Allow the draw to hold sites the model does not sample (e.g. evaluating a
+            reverse model on the auxiliary part of a hierarchical guide's draw).
         **kwargs: The model's keyword arguments.
 
     Raises:
@@ -646,7 +649,7 @@ def density(
                 "the guide (or observe it in the model)"
             )
     extra = [r.name for r in draw.records if r.key[1] not in seen and not r.auxiliary]
-    if extra:
+    if extra and not partial:
         raise ObjectiveError(
             f"guide site {extra[0]!r} does not appear as a latent site in the model; rename "
             "it to match a model site or mark it infer={'is_auxiliary': True}"
