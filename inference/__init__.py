@@ -9,6 +9,13 @@ from pplx.inference import builtin_engines  # noqa: E402, F401, I001
 from pplx.inference.arviz_io import to_inference_data
 from pplx.inference.checkpoint import load_checkpoint, save_checkpoint
 from pplx.inference.diagnostics import stein_discrepancy
+from pplx.inference.federated import (
+    DSGLD,
+    FSGLD,
+    FederatedState,
+    LocalGaussian,
+    init_distributed,
+)
 from pplx.inference.kernels import IMQKernel, Kernel, PreconditionedKernel, RBFKernel
 from pplx.inference.mcmc import NUTS, result_from_mcmc
 from pplx.inference.mirror import (
@@ -39,10 +46,19 @@ from pplx.inference.sgmcmc import (
     SGMCMCState,
 )
 from pplx.inference.stein import MSVGD, SVGD, SVMD, SVNG, SteinState
+from pplx.inference.structured import StructuredPSGLD, StructuredSGHMC, StructuredSGLD
 from pplx.inference.svi import SVI, EarlyStopping, NonFiniteLossError, SVIState
 from pplx.inference.validation import ModelError
 
 __all__ = [
+    "DSGLD",
+    "FSGLD",
+    "FederatedState",
+    "LocalGaussian",
+    "init_distributed",
+    "StructuredPSGLD",
+    "StructuredSGHMC",
+    "StructuredSGLD",
     "PSGLD",
     "SGHMC",
     "SGLD",

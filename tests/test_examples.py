@@ -16,6 +16,8 @@ EXAMPLES = {
     "register_engine.py": ["--quick", "--out", "{out}"],
     "svgd_simplex.py": ["--quick", "--out", "{out}"],
     "svgd_logistic.py": ["--quick"],
+    "sgld_bnn.py": ["--quick", "--out", "{out}"],
+    "federated_sgld.py": ["--quick", "--out", "{out}"],
 }
 
 
