@@ -76,3 +76,21 @@ def eight_schools(dtype: torch.dtype = torch.float32) -> Dataset:
         "Eight schools (Rubin 1981): SAT coaching effects and their standard errors",
         tuple(f"school_{i}" for i in range(8)),
     )
+
+
+def binarized_digits(size: int = 8, seed: int = 0) -> torch.Tensor:
+    """scikit-learn's bundled handwritten digits (1,797 images), binarised, as ``(N, size**2)``.
+
+    The 8x8 images are upsampled to ``size x size`` (nearest neighbour) when ``size > 8``
+    (e.g. 28 for MNIST-sized inputs) and thresholded at half intensity; a fixed random
+    permutation with ``seed`` shuffles the rows.
+    """
+    from sklearn.datasets import load_digits
+
+    images = torch.as_tensor(load_digits().images, dtype=torch.get_default_dtype()) / 16.0
+    if size != 8:
+        images = torch.nn.functional.interpolate(images.unsqueeze(1), size=(size, size))
+        images = images.squeeze(1)
+    binary = (images > 0.5).to(images.dtype).reshape(len(images), -1)
+    perm = torch.randperm(len(binary), generator=torch.Generator().manual_seed(seed))
+    return binary[perm]

@@ -16,6 +16,7 @@ EXAMPLES = {
     "register_engine.py": ["--quick", "--out", "{out}"],
     "svgd_simplex.py": ["--quick", "--out", "{out}"],
     "svgd_logistic.py": ["--quick"],
+    "vae.py": ["--quick", "--objective", "iwae", "--estimator", "reparam"],
     "sgld_bnn.py": ["--quick", "--out", "{out}"],
     "federated_sgld.py": ["--quick", "--out", "{out}"],
 }

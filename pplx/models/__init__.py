@@ -2,5 +2,6 @@
 
 from pplx.models.eight_schools import eight_schools
 from pplx.models.logistic import logistic_regression
+from pplx.models.vae import VAE, SigmoidBeliefVAE
 
-__all__ = ["eight_schools", "logistic_regression"]
+__all__ = ["VAE", "SigmoidBeliefVAE", "eight_schools", "logistic_regression"]

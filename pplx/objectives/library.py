@@ -1,24 +1,22 @@
 r"""The library objectives, each a short program over the primitives.
 
-With :math:`w_k = p(x, z_k) / q(z_k)` for :math:`K` particles :math:`z_k \sim q`:
+With :math:`w_k = p(x, z_k) / q(z_k)` for :math:`K` particles :math:`z_k \sim q`, each
+objective's value is the expectation of its program's output:
 
-==============  ==================================================================  ==========
-objective       program output (its expectation is the objective)                    reference
-==============  ==================================================================  ==========
-``ELBO``        :math:`\frac1K\sum_k \log w_k` (per-site terms, Rao-Blackwellised)   Wingate &
-                                                                                     Weber 2013
-``IWAE``        :math:`\log\frac1K\sum_k w_k`                                        Burda et
-                                                                                     al. 2016
-``VIMCO``       IWAE with a leave-one-out signal for score-function sites           Mnih &
-                                                                                     Rezende 2016
-``Renyi``       :math:`\frac{1}{1-\alpha}\log\frac1K\sum_k w_k^{1-\alpha}`             Li & Turner
-                                                                                     2016
-``CUBO``        :math:`\frac1n\log\frac1K\sum_k w_k^n` (an upper bound: minimised)   Dieng et
-                                                                                     al. 2017
-``RWS``         IWAE's value; wake-p and wake-q gradients                           Bornschein
-                                                                                     & Bengio
-                                                                                     2015
-==============  ==================================================================  ==========
+* ``ELBO``: :math:`\frac1K\sum_k \log w_k`, kept as per-site terms so score-function sites are
+  Rao-Blackwellised (Wingate & Weber 2013; Ranganath et al. 2014).
+* ``IWAE``: :math:`\log\frac1K\sum_k w_k` (Burda, Grosse & Salakhutdinov 2016).
+* ``VIMCO``: IWAE with a leave-one-out learning signal for score-function sites (Mnih &
+  Rezende 2016).
+* ``Renyi``: :math:`\frac{1}{1-\alpha}\log\frac1K\sum_k w_k^{1-\alpha}` (Li & Turner 2016).
+* ``CUBO``: :math:`\frac1n\log\frac1K\sum_k w_k^n`, an upper bound that SVI minimises (Dieng
+  et al. 2017).
+* ``RWS``: IWAE's value with the wake-p and wake-q gradients (Bornschein & Bengio 2015).
+
+With ``local_plate="data"`` the importance-weighted objectives weight each data point
+separately, :math:`\sum_n \log\frac1K\sum_k w_{k,n}`: a tighter bound when every latent is local
+to the plate (amortised VAEs), and the one that stays valid with minibatches
+(``pyro.plate(..., subsample_size=B)``: the sum over the minibatch is scaled by :math:`N/B`).
 
 Path-gradient switches: ``stl=True`` (sticking the landing, Roeder et al. 2017) on ``ELBO``
 and ``IWAE``, ``IWAE(dreg=True)`` (doubly reparameterised gradients, Tucker et al. 2019).
@@ -27,6 +25,7 @@ Hierarchical guides (HVI, IWHVI, DIWHVI) live in :mod:`pplx.objectives.hierarchi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -66,19 +65,76 @@ class ELBO(Objective):
 
 
 class _GradScale(torch.autograd.Function):
-    """Identity whose backward multiplies by a per-particle factor set after the forward."""
+    """Identity whose backward multiplies by a factor set after the forward (DReG)."""
 
     @staticmethod
-    def forward(ctx: Any, value: torch.Tensor, holder: dict, dim: int) -> torch.Tensor:
-        ctx.holder, ctx.dim = holder, dim
+    def forward(ctx: Any, value: torch.Tensor, holder: dict, event_dim: int) -> torch.Tensor:
+        ctx.holder, ctx.event_dim = holder, event_dim
         return value.view_as(value)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple:
-        factor = ctx.holder["factor"]
-        shape = [1] * grad.dim()
-        shape[ctx.dim] = factor.shape[-1]
-        return grad * factor.reshape(shape), None, None
+        factor = ctx.holder["factor"]  # batch layout (K, *plates)
+        return grad * factor.reshape(factor.shape + (1,) * ctx.event_dim), None, None
+
+
+@dataclass
+class LogWeights:
+    """Log importance weights of one draw.
+
+    Attributes:
+        log_w: ``(..., K)``, or ``(..., N, K)`` per element of the local plate.
+        scale: Factor for sums over the local plate's minibatch (:math:`N / B`), else 1.
+        plate_dim: The local plate's batch dimension, or ``None``.
+        log_p: The model's part, same shape as ``log_w``.
+        log_q: The guide's part, same shape as ``log_w``.
+    """
+
+    log_w: torch.Tensor
+    scale: float
+    plate_dim: int | None
+    log_p: torch.Tensor
+    log_q: torch.Tensor
+
+    def reduce(self, per_element: torch.Tensor) -> torch.Tensor:
+        """Sum a per-element quantity (shape ``(..., N)``) over the local plate."""
+        if self.plate_dim is None:
+            return per_element
+        return per_element.sum(-1) * self.scale
+
+    def to_batch_layout(self, x: torch.Tensor, plate_nesting: int) -> torch.Tensor:
+        """``(N, K)`` or ``(K,)`` into the sites' batch layout ``(K, *plates)``."""
+        num = x.shape[-1]
+        if self.plate_dim is None:
+            return x.reshape((num,) + (1,) * plate_nesting)
+        shape = [num] + [1] * plate_nesting
+        shape[plate_nesting + 1 + self.plate_dim] = x.shape[-2]
+        return x.transpose(-1, -2).reshape(shape)
+
+
+def log_weights(q, p, log_q: Any, local_plate: str | None) -> LogWeights:
+    """Importance log weights from a draw, its model density and the guide terms to use."""
+    if local_plate is None:
+        lp, lq = p.log_prob.total(), log_q.total()
+        return LogWeights(lp - lq, 1.0, None, lp, lq)
+    frame = None
+    for record in q.records:
+        frames = {f.name: f for f in record.frames}
+        if local_plate not in frames:
+            raise ObjectiveError(
+                f"local_plate={local_plate!r}: guide site {record.name!r} is not inside that "
+                "plate; per-data-point weights need every latent local to the plate (use "
+                "local_plate=None for models with global latents)"
+            )
+        frame = frames[local_plate]
+    if frame is None or frame.dim is None:
+        raise ObjectiveError(f"local_plate={local_plate!r} must be a vectorized plate")
+    lp = p.log_prob.local_total(frame.dim)
+    lq = log_q.local_total(frame.dim)
+    # Pyro's frame holds the minibatch size; the site's scale is N / B (1 without subsampling)
+    scale = float(q.trace.nodes[q.records[-1].key[1]]["scale"])
+    # Pyro scaled every local term by N/B: undo it inside the log-mean-exp, reapply outside.
+    return LogWeights((lp - lq) / scale, scale, frame.dim, lp / scale, lq / scale)
 
 
 class IWAE(Objective):
@@ -92,6 +148,7 @@ class IWAE(Objective):
             \partial_\phi z_k` with :math:`\tilde w = \mathrm{softmax}(\log w)`, the model's
             :math:`\sum_k \tilde w_k\nabla_\theta\log p(x, z_k)`. Unbiased for the IWAE gradient
             and its signal-to-noise ratio does not vanish as :math:`K` grows.
+        local_plate: Weight each element of this plate separately (see the module docstring).
         max_plate_nesting: See :class:`~pplx.objectives.base.Objective`.
     """
 
@@ -100,43 +157,49 @@ class IWAE(Objective):
         num_particles: int = 2,
         stl: bool = False,
         dreg: bool = False,
+        local_plate: str | None = None,
         max_plate_nesting: int | None = None,
     ) -> None:
         super().__init__(num_particles, max_plate_nesting)
         self.stl = stl
         self.dreg = dreg
+        self.local_plate = local_plate
 
-    def log_weights(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        r""":math:`\log w_k` of one draw (last dimension: particles)."""
+    def weights(self, model, guide, *args, **kwargs) -> LogWeights:
+        """Simulate the guide, score the model and return the :class:`LogWeights`."""
         q = simulate(guide, *args, **kwargs)
         p = density(model, q, *args, **kwargs)
         log_q = q.log_prob_stl if self.stl else q.log_prob
-        return (p.log_prob - log_q).total()
+        return log_weights(q, p, log_q, self.local_plate)
 
     def program(self, model, guide, *args, **kwargs):  # noqa: D102
         if not self.dreg:
-            return logmeanexp(self.log_weights(model, guide, *args, **kwargs))
+            w = self.weights(model, guide, *args, **kwargs)
+            return w.reduce(logmeanexp(w.log_w))
         q = simulate(guide, *args, **kwargs)
         holder: dict = {}
         values = {}
         for record in q.records:
             name = record.key[1]
             if record.strategy is not None and record.strategy.pathwise:
-                dim = -(q.plate_nesting + 1 + record.fn.event_dim)
-                values[name] = _GradScale.apply(q.values[name], holder, dim)
+                event_dim = record.fn.event_dim
+                values[name] = _GradScale.apply(q.values[name], holder, event_dim)
             else:
                 values[name] = q.values[name]
         p = density(model, q, *args, values=values, **kwargs)
-        log_q = q.log_prob_at(values, stl=True)
-        log_w = (p.log_prob - log_q).total()
-        weights = torch.softmax(log_w.detach(), -1)
-        holder["factor"] = weights
-        value = logmeanexp(log_w)
-        path = (weights * log_w).sum(-1)
+        w = log_weights(q, p, q.log_prob_at(values, stl=True), self.local_plate)
+        normalized = torch.softmax(w.log_w.detach(), -1)
+        if torch.is_grad_enabled():
+            holder["factor"] = w.to_batch_layout(normalized, q.plate_nesting)
+        value = w.reduce(logmeanexp(w.log_w))
+        path = w.reduce((normalized * w.log_w).sum(-1))
         return Estimate(value.detach() + path - path.detach())
 
     def __repr__(self) -> str:
-        return f"IWAE(num_particles={self.num_particles}, dreg={self.dreg}, stl={self.stl})"
+        return (
+            f"{type(self).__name__}(num_particles={self.num_particles}, dreg={self.dreg}, "
+            f"stl={self.stl}, local_plate={self.local_plate!r})"
+        )
 
 
 class VIMCO(IWAE):
@@ -145,24 +208,41 @@ class VIMCO(IWAE):
     For score-function sites of particle :math:`k` the learning signal is
     :math:`\hat L - \hat L_{-k}`, where :math:`\hat L_{-k}` replaces :math:`\log w_k` by the
     mean of the other particles' log weights. It is unbiased because :math:`\hat L_{-k}` does
-    not depend on particle :math:`k`.
+    not depend on particle :math:`k`. With ``local_plate`` the signal is per data point.
     """
 
-    def __init__(self, num_particles: int = 2, max_plate_nesting: int | None = None) -> None:
+    def __init__(
+        self,
+        num_particles: int = 2,
+        local_plate: str | None = None,
+        max_plate_nesting: int | None = None,
+    ) -> None:
         if num_particles < 2:
             raise ValueError(f"VIMCO needs num_particles >= 2, got {num_particles}")
-        super().__init__(num_particles, max_plate_nesting=max_plate_nesting)
+        super().__init__(
+            num_particles, local_plate=local_plate, max_plate_nesting=max_plate_nesting
+        )
 
     def program(self, model, guide, *args, **kwargs):  # noqa: D102
-        log_w = self.log_weights(model, guide, *args, **kwargs)
-        value = logmeanexp(log_w)
+        w = self.weights(model, guide, *args, **kwargs)
+        log_w = w.log_w
+        per_element = logmeanexp(log_w)
         k = log_w.shape[-1]
         detached = log_w.detach()
         others = (detached.sum(-1, keepdim=True) - detached) / (k - 1)
         eye = torch.eye(k, dtype=torch.bool, device=log_w.device)
         swapped = torch.where(eye, others.unsqueeze(-1), detached.unsqueeze(-2))
-        signal = value.detach().unsqueeze(-1) - logmeanexp(swapped)
-        return Estimate(value, signal)
+        signal = per_element.detach().unsqueeze(-1) - logmeanexp(swapped)
+        if w.plate_dim is not None:
+            signal = signal * w.scale
+        signal = w.to_batch_layout(signal, self.plate_nesting_now()) if signal.dim() <= 2 else None
+        return Estimate(w.reduce(per_element), signal)
+
+    def plate_nesting_now(self) -> int:
+        """The running execution's plate nesting."""
+        from pplx.objectives.program import current_execution
+
+        return current_execution().plate_nesting
 
 
 class Renyi(IWAE):
@@ -177,16 +257,22 @@ class Renyi(IWAE):
     """
 
     def __init__(
-        self, alpha: float = 0.0, num_particles: int = 2, max_plate_nesting: int | None = None
+        self,
+        alpha: float = 0.0,
+        num_particles: int = 2,
+        local_plate: str | None = None,
+        max_plate_nesting: int | None = None,
     ) -> None:
-        super().__init__(num_particles, max_plate_nesting=max_plate_nesting)
+        super().__init__(
+            num_particles, local_plate=local_plate, max_plate_nesting=max_plate_nesting
+        )
         self.alpha = float(alpha)
 
     def program(self, model, guide, *args, **kwargs):  # noqa: D102
-        log_w = self.log_weights(model, guide, *args, **kwargs)
+        w = self.weights(model, guide, *args, **kwargs)
         if self.alpha == 1.0:
-            return log_w.mean(-1)
-        return logmeanexp((1.0 - self.alpha) * log_w) / (1.0 - self.alpha)
+            return w.reduce(w.log_w.mean(-1))
+        return w.reduce(logmeanexp((1.0 - self.alpha) * w.log_w) / (1.0 - self.alpha))
 
     def __repr__(self) -> str:
         return f"Renyi(alpha={self.alpha}, num_particles={self.num_particles})"
@@ -202,16 +288,22 @@ class CUBO(IWAE):
     maximize = False
 
     def __init__(
-        self, n: float = 2.0, num_particles: int = 2, max_plate_nesting: int | None = None
+        self,
+        n: float = 2.0,
+        num_particles: int = 2,
+        local_plate: str | None = None,
+        max_plate_nesting: int | None = None,
     ) -> None:
         if n < 1:
             raise ValueError(f"CUBO needs n >= 1 for an upper bound, got {n}")
-        super().__init__(num_particles, max_plate_nesting=max_plate_nesting)
+        super().__init__(
+            num_particles, local_plate=local_plate, max_plate_nesting=max_plate_nesting
+        )
         self.n = float(n)
 
     def program(self, model, guide, *args, **kwargs):  # noqa: D102
-        log_w = self.log_weights(model, guide, *args, **kwargs)
-        return logmeanexp(self.n * log_w) / self.n
+        w = self.weights(model, guide, *args, **kwargs)
+        return w.reduce(logmeanexp(self.n * w.log_w) / self.n)
 
     def __repr__(self) -> str:
         return f"CUBO(n={self.n}, num_particles={self.num_particles})"
@@ -233,10 +325,16 @@ class RWS(Objective):
     Args:
         num_particles: :math:`K \ge 2`.
         wake: ``"both"``, ``"p"`` (model only) or ``"q"`` (guide only).
+        local_plate: Self-normalise per element of this plate, for amortised guides with
+            local latents and minibatches (see the module docstring).
     """
 
     def __init__(
-        self, num_particles: int = 5, wake: str = "both", max_plate_nesting: int | None = None
+        self,
+        num_particles: int = 5,
+        wake: str = "both",
+        local_plate: str | None = None,
+        max_plate_nesting: int | None = None,
     ) -> None:
         if wake not in ("both", "p", "q"):
             raise ValueError(f"RWS: wake must be 'both', 'p' or 'q', got {wake!r}")
@@ -244,29 +342,20 @@ class RWS(Objective):
             raise ValueError(f"RWS needs num_particles >= 2, got {num_particles}")
         super().__init__(num_particles, max_plate_nesting)
         self.wake = wake
+        self.local_plate = local_plate
 
     def program(self, model, guide, *args, **kwargs):  # noqa: D102
         q = simulate(guide, *args, detach=True, **kwargs)
         p = density(model, q, *args, **kwargs)
-        log_p, log_q = p.log_prob.total(), q.log_prob.total()
-        log_w = log_p - log_q
-        weights = torch.softmax(log_w.detach(), -1)
-        value = logmeanexp(log_w).detach()
+        w = log_weights(q, p, q.log_prob, self.local_plate)
+        normalized = torch.softmax(w.log_w.detach(), -1)
+        value = w.reduce(logmeanexp(w.log_w)).detach()
         wake = torch.zeros_like(value)
         if self.wake in ("both", "p"):
-            wake = wake + (weights * log_p).sum(-1)
+            wake = wake + w.reduce((normalized * w.log_p).sum(-1))
         if self.wake in ("both", "q"):
-            wake = wake + (weights * log_q).sum(-1)
+            wake = wake + w.reduce((normalized * w.log_q).sum(-1))
         return Estimate(value + wake - wake.detach())
 
     def __repr__(self) -> str:
         return f"RWS(num_particles={self.num_particles}, wake={self.wake!r})"
-
-
-def check_particles(objective: Objective, minimum: int) -> None:
-    """Raise if ``objective`` has fewer than ``minimum`` particles."""
-    if objective.num_particles < minimum:
-        raise ObjectiveError(
-            f"{type(objective).__name__} needs num_particles >= {minimum}, got "
-            f"{objective.num_particles}"
-        )

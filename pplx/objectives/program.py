@@ -253,6 +253,32 @@ class Terms:
             result = result.sum(-1)
         return result
 
+    def local_total(self, dim: int) -> torch.Tensor:
+        """Sum every term over the plates except the one at ``dim``: shape ``(..., N, K)``.
+
+        Every term must vary along that plate (latents and observations local to it);
+        particles end up last, the plate's elements second to last.
+        """
+        depth = self.plate_nesting + 1
+        others = tuple(d for d in range(-self.plate_nesting, 0) if d != dim)
+        tensors = [_align(tensor, depth) for tensor, _ in self.items]
+        if not tensors:
+            raise ObjectiveError("local_total() of an empty set of terms")
+        size = max(t.shape[dim] for t in tensors)
+        result = None
+        for tensor in tensors:
+            if tensor.shape[dim] != size:
+                raise ObjectiveError(
+                    "a per-data-point objective (local_plate=...) needs every model and guide "
+                    "site inside that plate; a term outside it would be counted once per data "
+                    "point. Use the global objective (local_plate=None) for this model."
+                )
+            if others:
+                tensor = tensor.sum(others)
+            tensor = tensor.transpose(-1, -2)
+            result = tensor if result is None else result + tensor
+        return result.expand(result.shape[:-1] + (self.num_particles,))
+
     def __repr__(self) -> str:
         shapes = [tuple(t.shape) for t, _ in self.items]
         return f"Terms({len(self.items)} terms, shapes={shapes}, averaged={self.averaged})"
@@ -265,7 +291,8 @@ class Estimate:
     Attributes:
         value: The objective's estimate, differentiable along every pathwise gradient; a
             0-dimensional tensor in a normal run.
-        signal: Optional per-particle learning signal (last dimension: particles) that
+        signal: Optional learning signal, of shape ``(K,)`` or in the batch layout
+            ``(K, *plates)`` of the sites (particles first), that
             replaces ``value`` as the downstream cost of score-function sites, e.g. VIMCO's
             leave-one-out signal. ``None`` uses ``value`` for every particle.
     """

@@ -273,7 +273,10 @@ def build_surrogate(
                 if horizon >= record.index:
                     cost = cost + _reduce_to(tensor, shape)
         elif out.signal is not None:
-            cost = out.signal.reshape((num_particles,) + (1,) * plate_nesting)
+            signal = out.signal
+            if signal.dim() == 1:  # (K,): one signal per particle
+                signal = signal.reshape((num_particles,) + (1,) * plate_nesting)
+            cost = signal  # else already in the batch layout (K, *plates)
         else:
             cost = out.value.expand(())
         cost = cost.detach()
