@@ -617,6 +617,16 @@ class ModelDensity:
         ]
         return Terms(items, self.log_prob.plate_nesting, self.log_prob.num_particles)
 
+    @property
+    def log_prior(self) -> Terms:
+        """Only the latent sites' terms."""
+        items = [
+            item
+            for item, (_, site) in zip(self.log_prob.items, self._sites(), strict=True)
+            if not site["is_observed"]
+        ]
+        return Terms(items, self.log_prob.plate_nesting, self.log_prob.num_particles)
+
     def _sites(self) -> list[tuple[str, dict]]:
         return [
             (name, site)
