@@ -1,7 +1,8 @@
 """Model families written as plain Pyro models (and guides where a family needs one)."""
 
 from pplx.models.eight_schools import eight_schools
+from pplx.models.koopman import KoopmanVAE
 from pplx.models.logistic import logistic_regression
 from pplx.models.vae import VAE, SigmoidBeliefVAE
 
-__all__ = ["VAE", "SigmoidBeliefVAE", "eight_schools", "logistic_regression"]
+__all__ = ["VAE", "KoopmanVAE", "SigmoidBeliefVAE", "eight_schools", "logistic_regression"]

@@ -1,0 +1,1 @@
+"""Data files bundled with pplx.timeseries (see README.md here); no code."""
