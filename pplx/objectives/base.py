@@ -66,7 +66,7 @@ class Objective(pyro.infer.ELBO):
         with ex, torch.no_grad():
             out = _as_estimate(self.program(model, guide, *args, **kwargs), ex)
             if isinstance(out, Terms):
-                value = sum(_weighted(t, h, ex).sum() for t, h in out.items)
+                value = sum(_weighted(t, h, ex).sum() for t, h, _ in out.items)
             else:
                 value = out.value
         return float(value)

@@ -142,7 +142,8 @@ class IWAE(Objective):
 
     Args:
         num_particles: :math:`K`; the bound tightens as :math:`K` grows.
-        stl: Sticking the landing for reparameterised sites.
+        stl: Sticking the landing for reparameterised sites; only with one particle (it is
+            biased for :math:`K > 1`: use ``dreg``).
         dreg: Doubly reparameterised gradient (Tucker, Lawson, Gu & Maddison 2019): the guide's
             reparameterised gradient :math:`\sum_k \tilde w_k^2\,\partial_z\log w_k\,
             \partial_\phi z_k` with :math:`\tilde w = \mathrm{softmax}(\log w)`, the model's
@@ -161,6 +162,13 @@ class IWAE(Objective):
         max_plate_nesting: int | None = None,
     ) -> None:
         super().__init__(num_particles, max_plate_nesting)
+        if stl and num_particles > 1:
+            raise ValueError(
+                "IWAE(stl=True) with num_particles > 1 gives a biased gradient (sticking the "
+                "landing drops sum_k w_k grad log q(z_k), whose expectation is not zero once the "
+                "weights depend on z; Tucker et al. 2019): use IWAE(dreg=True), the unbiased "
+                "path-gradient estimator"
+            )
         self.stl = stl
         self.dreg = dreg
         self.local_plate = local_plate

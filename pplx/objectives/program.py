@@ -31,6 +31,7 @@ from typing import Any
 
 import pyro.poutine as poutine
 import torch
+from pyro.distributions.util import scale_and_mask
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
@@ -79,6 +80,7 @@ class SiteRecord:
     frames: tuple
     auxiliary: bool = False
     enum_dim: int | None = None
+    unscaled_log_prob: torch.Tensor | None = None
 
     @property
     def name(self) -> str:
@@ -156,7 +158,7 @@ def _align(tensor: torch.Tensor, ndim: int) -> torch.Tensor:
 class Terms:
     """A sum of batch-shaped log-density terms that remembers what each term depends on.
 
-    Each item is ``(tensor, horizon)``: the tensor has Pyro's layout ``(..., K, *plates)``
+    Each item is ``(tensor, horizon, origin)``: the tensor has Pyro's layout ``(..., K, *plates)``
     (particles at dimension ``-(plate_nesting + 1)``), and ``horizon`` is the index of the
     last random choice (in sampling order) it may depend on. Addition, subtraction and
     multiplication by numbers or particle-independent tensors keep the structure; anything
@@ -165,17 +167,19 @@ class Terms:
 
     def __init__(
         self,
-        items: Iterable[tuple[torch.Tensor, int]],
+        items: Iterable[tuple],
         plate_nesting: int,
         num_particles: int,
         averaged: bool = False,
     ) -> None:
-        self.items = list(items)
+        # (tensor, horizon, origin); origin is the index of the guide site whose own log
+        # density the term is (-1 for model terms), so the transform can treat it specially
+        self.items = [item if len(item) == 3 else (*item, -1) for item in items]
         self.plate_nesting = plate_nesting
         self.num_particles = num_particles
         self.averaged = averaged
 
-    def _new(self, items: Iterable[tuple[torch.Tensor, int]], averaged: bool | None = None):
+    def _new(self, items: Iterable[tuple], averaged: bool | None = None):
         return Terms(
             items,
             self.plate_nesting,
@@ -198,7 +202,7 @@ class Terms:
     __radd__ = __add__
 
     def __neg__(self) -> Terms:
-        return self._new([(-t, h) for t, h in self.items])
+        return self._new([(-t, h, o) for t, h, o in self.items])
 
     def __sub__(self, other: Any) -> Terms:
         if isinstance(other, Terms):
@@ -209,7 +213,7 @@ class Terms:
         if isinstance(other, (int, float)) or (
             isinstance(other, torch.Tensor) and other.dim() == 0
         ):
-            return self._new([(t * other, h) for t, h in self.items])
+            return self._new([(t * other, h, o) for t, h, o in self.items])
         return NotImplemented
 
     __rmul__ = __mul__
@@ -240,7 +244,7 @@ class Terms:
                     )
         depth = self.plate_nesting + 1
         result = None
-        for tensor, _ in self.items:
+        for tensor, *_ in self.items:
             tensor = _align(tensor, depth)
             if self.plate_nesting:
                 tensor = tensor.sum(tuple(range(-self.plate_nesting, 0)))
@@ -261,7 +265,7 @@ class Terms:
         """
         depth = self.plate_nesting + 1
         others = tuple(d for d in range(-self.plate_nesting, 0) if d != dim)
-        tensors = [_align(tensor, depth) for tensor, _ in self.items]
+        tensors = [_align(tensor, depth) for tensor, *_ in self.items]
         if not tensors:
             raise ObjectiveError("local_total() of an empty set of terms")
         size = max(t.shape[dim] for t in tensors)
@@ -280,7 +284,7 @@ class Terms:
         return result.expand(result.shape[:-1] + (self.num_particles,))
 
     def __repr__(self) -> str:
-        shapes = [tuple(t.shape) for t, _ in self.items]
+        shapes = [tuple(t.shape) for t, *_ in self.items]
         return f"Terms({len(self.items)} terms, shapes={shapes}, averaged={self.averaged})"
 
 
@@ -311,7 +315,7 @@ def expectation(x: Terms | torch.Tensor) -> Terms | torch.Tensor:
         if x.averaged:
             return x
         return Terms(
-            [(t / x.num_particles, h) for t, h in x.items],
+            [(t / x.num_particles, h, o) for t, h, o in x.items],
             x.plate_nesting,
             x.num_particles,
             averaged=True,
@@ -469,7 +473,7 @@ class Draw:
         for name, site in replayed.nodes.items():
             if site["type"] != "sample" or site_is_subsample(site) or site["is_observed"]:
                 continue
-            items.append((site["log_prob"], horizon.get(name, -1)))
+            items.append((site["log_prob"], horizon.get(name, -1), horizon.get(name, -1)))
         return Terms(items, self.plate_nesting, self.num_particles)
 
     @property
@@ -496,10 +500,10 @@ class Draw:
             r.index for r in self.records if r.strategy is not None and r.strategy.pathwise
         }
         items = []
-        for (tensor, horizon), (fixed, _) in zip(at.items, direct.items, strict=True):
+        for (tensor, horizon, origin), (fixed, *_) in zip(at.items, direct.items, strict=True):
             if horizon in pathwise:
                 tensor = tensor - (fixed - fixed.detach())
-            items.append((tensor, horizon))
+            items.append((tensor, horizon, origin))
         return Terms(items, self.plate_nesting, self.num_particles)
 
 
@@ -507,9 +511,10 @@ def _default_execution() -> Execution:
     execution = current_execution()
     if execution is None:
         raise ObjectiveError(
-            "simulate()/density() run inside an objective: call the objective (e.g. "
-            "pplx.objectives.ELBO()(model, guide, ...) or objective.loss(model, guide, ...)), "
-            "or use pplx.objectives.run_program to execute a program directly"
+            "simulate()/density() run inside an objective: call one of its methods, e.g. "
+            "objective.loss(model, guide, *args) or objective.differentiable_loss(model, guide, "
+            "*args), where objective is a library objective or one made with "
+            "pplx.objectives.objective"
         )
     return execution
 
@@ -555,12 +560,15 @@ def simulate(
         if site["type"] != "sample" or site_is_subsample(site) or site["is_observed"]:
             continue
         strategy = site["infer"].get("_pplx_strategy")
+        # Scores and enumeration weights use the *unscaled* log density (masked): the costs
+        # they multiply already carry poutine.scale / the subsample factor N / B.
+        unscaled = scale_and_mask(site["unscaled_log_prob"], 1.0, site["mask"])
         score = None
         if strategy is not None and not ex.rerun:
             if isinstance(strategy, RejectionReparam):
-                score = site["infer"].get("_pplx_score")
+                score = scale_and_mask(site["infer"].get("_pplx_score"), 1.0, site["mask"])
             elif isinstance(strategy, Reinforce) or strategy.uses_score:
-                score = site["log_prob"]
+                score = unscaled
         if isinstance(strategy, Enumerate):
             batch_ndim = site["value"].dim() - site["fn"].event_dim
             ex.enum_dims = max(ex.enum_dims, batch_ndim - ex.plate_nesting - 1)
@@ -572,13 +580,14 @@ def simulate(
             value=site["value"],
             log_prob=site["log_prob"],
             score=score,
+            unscaled_log_prob=unscaled,
             frames=tuple(site["cond_indep_stack"]),
             auxiliary=bool(site["infer"].get("is_auxiliary", False)),
             enum_dim=site["infer"].get("_enumerate_dim"),
         )
         ex.sites.append(record)
         records.append(record)
-        items.append((site["log_prob"], record.index))
+        items.append((site["log_prob"], record.index, record.index))
         values[name] = site["value"]
     log_prob = Terms(items, ex.plate_nesting, ex.num_particles)
     return Draw(

@@ -107,7 +107,8 @@ def _enum_weight(tensor: torch.Tensor, horizon: int, ex: Execution) -> torch.Ten
                     "enumerated one, or a nonlinear objective); sample global sites first in "
                     "the guide, or use MVD() or Reinforce() for this site."
                 )
-        log_w = record.log_prob if log_w is None else log_w + record.log_prob
+        log_q = record.unscaled_log_prob
+        log_w = log_q if log_w is None else log_w + log_q
     return None if log_w is None else log_w.exp()
 
 
@@ -152,7 +153,7 @@ def _per_element_dims(record: SiteRecord, out: Terms | Estimate, ex: Execution) 
         if shape[d] == 1:
             continue
         neg = d - nb
-        for tensor, horizon in out.items:
+        for tensor, horizon, _ in out.items:
             if horizon >= record.index and _size_at(tensor, neg) == 1:
                 dims.append(d)
                 break
@@ -206,7 +207,7 @@ def _mvd_term(
     target = (len(branches), num) + (1,) * pad + kept
     if isinstance(out2, Terms):
         cost = None
-        for tensor, horizon in out2.items:
+        for tensor, horizon, _ in out2.items:
             if horizon < record.index:
                 continue
             x = _weighted(tensor, horizon, rerun)
@@ -252,7 +253,13 @@ def build_surrogate(
     particle_dim = -(plate_nesting + 1)
     zero = None
     if isinstance(out, Terms):
-        weighted = [(_weighted(t, h, ex), h) for t, h in out.items]
+        weighted = []
+        for tensor, horizon, origin in out.items:
+            if origin >= 0 and isinstance(ex.sites[origin].strategy, MVD):
+                # The direct derivative of an MVD site's own log q (its value is detached) has
+                # expectation zero; the weak derivative already accounts for the site's law.
+                tensor = tensor.detach()
+            weighted.append((_weighted(tensor, horizon, ex), horizon))
         value = sum(t.sum() for t, _ in weighted)
         linear = True
     else:
