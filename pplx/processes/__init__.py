@@ -8,6 +8,9 @@ weighted sum of :math:`K` Ornstein-Uhlenbeck processes driven by one shared Brow
   in :math:`H`), the exact covariances of fBM and of its approximation, batched path sampling
   (exact Ornstein-Uhlenbeck discretisation or Euler-Maruyama), and exact Davies-Harte fBM
   paths for comparison;
+* :mod:`pplx.processes.sde`: fractional SDEs as a Pyro model (Euler-Maruyama prior over the
+  augmented state) and guide (controlled posterior), whose ELBO's path KL is the Girsanov
+  term;
 * :mod:`pplx.processes.special`: regularised incomplete gamma functions with a gradient in
   the shape parameter (which :mod:`torch.special` lacks).
 
@@ -25,10 +28,24 @@ from pplx.processes.fbm import (
     sample_fbm,
     sample_ma_fbm,
 )
+from pplx.processes.sde import (
+    ControlNet,
+    FractionalSDE,
+    LinearControl,
+    SDEPath,
+    euler_linear_moments,
+    gaussian_condition,
+)
 from pplx.processes.special import gammainc, gammaincc, gammaincc_scaled
 
 __all__ = [
     "KINDS",
+    "ControlNet",
+    "FractionalSDE",
+    "LinearControl",
+    "SDEPath",
+    "euler_linear_moments",
+    "gaussian_condition",
     "fbm_covariance",
     "fbm_weights",
     "gammainc",

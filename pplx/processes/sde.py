@@ -1,0 +1,587 @@
+r"""Fractional SDEs as a Pyro model (prior) and guide (controlled posterior).
+
+An SDE driven by the Markov approximation of fractional Brownian motion
+(:mod:`pplx.processes.fbm`; Daems et al., ICLR 2024) is a Markov SDE on the augmented state
+:math:`Z = (X, Y_1, \dots, Y_K)`, driven by **one** Brownian motion :math:`W` per state
+dimension:
+
+.. math::
+
+    dY_k = -\gamma_k Y_k\, dt + dW, \qquad
+    dX = b(X, t)\, dt + s(X, t) \sum_k \omega_k\, dY_k
+       = \Big(b(X, t) - s(X, t) \sum_k \omega_k \gamma_k Y_k\Big) dt
+         + s(X, t) \Big(\sum_k \omega_k\Big) dW,
+
+with the weights :math:`\omega = \omega(H)` of :func:`~pplx.processes.fbm.fbm_weights`
+(differentiable in the Hurst index :math:`H`). The **prior** (:meth:`FractionalSDE.model`)
+discretises it with Euler-Maruyama on the uniform grid :math:`t_n = n \Delta t`,
+:math:`n = 0, \dots, N`: the sample sites are the initial state ``"x0"`` (and, for type I,
+the stationary start ``"y0"``) and the Brownian increments
+``"dW_0", ..., "dW_{N-1}"`` with :math:`\Delta W_n \sim \mathcal N(0, \Delta t\, I)`; the
+path is a deterministic function of them. Observations
+:math:`y_i \sim \mathcal N(X(\tau_i), \sigma_{\text{obs}}^2)` at arbitrary times
+:math:`\tau_i \in [0, T]` use the path linearly interpolated between grid points (site
+``"obs"``).
+
+The **posterior** (:meth:`FractionalSDE.guide`) runs the same recursion with a control
+:math:`u` added to the driving noise,
+:math:`\Delta W_n \sim \mathcal N(u(t_n, X_n, Y_n, c)\, \Delta t,\ \Delta t\, I)`, where
+:math:`u` is a network (:class:`ControlNet`, last layer initialised to zero so that the guide
+starts at the prior) that may also see a context :math:`c` (amortisation), and the initial
+state has its own Gaussian :math:`q(x_0)`. Since guide and prior increments share the
+variance :math:`\Delta t`, the KL divergence of each step is
+
+.. math::
+
+    \mathrm{KL}\big(\mathcal N(u \Delta t, \Delta t) \,\|\, \mathcal N(0, \Delta t)\big)
+    = \tfrac12 \|u\|^2 \Delta t,
+
+and summed over the steps this is the Euler discretisation of the Girsanov term
+:math:`\mathbb E \int_0^T \frac12 \|u\|^2 dt`. The ELBO of this model/guide pair
+(:class:`pplx.objectives.ELBO` or :class:`pyro.infer.Trace_ELBO`) is therefore exactly the
+objective of Daems et al.,
+:math:`\mathbb E_q[\log p(y \mid X)] - \mathrm{KL}(q(x_0) \| p(x_0)) - \mathbb E_q\big[
+\sum_n \frac12 \|u_n\|^2 \Delta t\big]`, estimated per sample by
+:math:`\sum_n (u_n \cdot \Delta W_n - \frac12 \|u_n\|^2 \Delta t)`. The guide must be
+sequential (one site per step) because :math:`u_n` depends on the path so far.
+
+With :math:`H = 1/2`, :math:`K = 1` and a slow speed :math:`\gamma_1 \to 0` (e.g.
+``gammas=[1e-6]``) the weight is :math:`\omega_1 = 1` and the prior is the ordinary
+Brownian-driven SDE :math:`dX = b\, dt + s\, dW`.
+
+Reference:
+    K. Daems, M. Opper, G. Crevecoeur and T. Birdal, "Variational Inference for SDEs Driven by
+    Fractional Noise", ICLR 2024 (section 4 of ``PAPERS.md``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from pplx.processes.fbm import (
+    DEFAULT_GAMMA_MAX,
+    DEFAULT_NUM_PROCESSES,
+    _check_gammas,
+    _check_hurst,
+    _check_kind,
+    _check_positive,
+    fbm_weights,
+    geometric_gammas,
+)
+
+__all__ = [
+    "ControlNet",
+    "FractionalSDE",
+    "LinearControl",
+    "SDEPath",
+    "euler_linear_moments",
+    "gaussian_condition",
+]
+
+Drift = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class SDEPath(NamedTuple):
+    r"""A simulated path on the grid, returned by the model and the guide.
+
+    Attributes:
+        times: Grid times :math:`t_0 = 0, \dots, t_N = T`, shape ``(N + 1,)``.
+        x: States :math:`X_n`, shape ``(*batch, N + 1, d)``.
+        y: Ornstein-Uhlenbeck states :math:`Y_n`, shape ``(*batch, N + 1, d, K)``.
+        control: Controls :math:`u_n` of the guide, shape ``(*batch, N, d)`` (zeros for the
+            prior).
+        kl: Per-step Girsanov terms :math:`\frac12 \|u_n\|^2 \Delta t`, shape
+            ``(*batch, N)``.
+    """
+
+    times: torch.Tensor
+    x: torch.Tensor
+    y: torch.Tensor
+    control: torch.Tensor
+    kl: torch.Tensor
+
+
+class ControlNet(nn.Module):
+    r"""Default control :math:`u(t, X, Y, c)` of the guide: an MLP with a zero last layer.
+
+    Input features are :math:`(t / T, X, Y_{1..K}, c)`; the output has the state dimension
+    :math:`d`. The last layer's weight and bias start at zero, so :math:`u \equiv 0` and the
+    guide equals the prior at initialisation.
+
+    Args:
+        state_dim: :math:`d`.
+        num_processes: :math:`K`.
+        context_dim: Size of the context vector (0: no context).
+        hidden_dim: Width of the hidden layers.
+        num_layers: Number of hidden layers (>= 1).
+        horizon: :math:`T`, to scale the time input to :math:`[0, 1]`.
+    """
+
+    def __init__(
+        self,
+        state_dim: int,
+        num_processes: int,
+        context_dim: int = 0,
+        hidden_dim: int = 64,
+        num_layers: int = 2,
+        horizon: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        self.context_dim = context_dim
+        self.horizon = float(horizon)
+        in_dim = 1 + state_dim * (1 + num_processes) + context_dim
+        layers: list[nn.Module] = []
+        for i in range(num_layers):
+            layers += [nn.Linear(in_dim if i == 0 else hidden_dim, hidden_dim), nn.SiLU()]
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(hidden_dim, state_dim)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(
+        self,
+        t: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        context: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Control of shape ``(*batch, d)`` for ``x`` ``(*batch, d)``, ``y`` ``(*batch, d, K)``."""
+        batch = x.shape[:-1]
+        feats = [(t / self.horizon).expand(*batch, 1), x, y.flatten(-2)]
+        if self.context_dim:
+            if context is None:
+                raise ValueError(
+                    f"this control network expects a context of size {self.context_dim}"
+                )
+            feats.append(context.expand(*batch, self.context_dim))
+        return self.head(self.body(torch.cat(feats, -1)))
+
+
+class LinearControl(nn.Module):
+    r"""A per-step affine control :math:`u_n = a_n + B_n\, (X_n, Y_{1..K, n})`.
+
+    For a linear drift and constant diffusion the prior is linear Gaussian, and the exact
+    posterior of its increments given :math:`Z_n = (X_n, Y_n)` has a mean affine in
+    :math:`Z_n`; this family therefore contains (up to the :math:`O(\Delta t)` variance of
+    the step) the optimal control. Each step has its own parameters, so their gradients are
+    noisier than a shared network's; in our runs :class:`ControlNet` fitted faster. The
+    parameters start at zero (guide = prior).
+
+    Args:
+        state_dim: :math:`d`.
+        num_processes: :math:`K`.
+        num_steps: :math:`N`.
+        horizon: :math:`T` (to find the step index :math:`n = t / \Delta t`).
+    """
+
+    def __init__(self, state_dim: int, num_processes: int, num_steps: int, horizon: float):
+        super().__init__()
+        self.num_steps = num_steps
+        self.dt = float(horizon) / num_steps
+        features = state_dim * (1 + num_processes)
+        self.offset = nn.Parameter(torch.zeros(num_steps, state_dim))
+        self.gain = nn.Parameter(torch.zeros(num_steps, state_dim, features))
+
+    def forward(self, t, x, y, context=None):  # noqa: D102
+        n = min(int(round(float(t) / self.dt)), self.num_steps - 1)
+        z = torch.cat([x, y.flatten(-2)], -1)
+        return self.offset[n] + (self.gain[n] @ z.unsqueeze(-1)).squeeze(-1)
+
+
+def _as_tensor_fn(fn, name: str):
+    if isinstance(fn, (int, float)) and not isinstance(fn, bool):
+        value = float(fn)
+        return lambda x, t: x.new_tensor(value)
+    if not callable(fn):
+        raise TypeError(f"{name} must be a callable f(x, t) (or an nn.Module), got {fn!r}")
+    return fn
+
+
+class FractionalSDE(nn.Module):
+    r"""A fractional SDE prior with observations, and its controlled posterior, for Pyro.
+
+    See the module documentation for the equations. ``model`` and ``guide`` take the same
+    arguments ``(obs_times, obs_values, context)`` and can be passed to
+    :class:`pyro.infer.SVI` with :class:`pplx.objectives.ELBO` (or
+    :class:`pyro.infer.Trace_ELBO`); both call ``pyro.module(name, self)``, so every
+    parameter (drift and diffusion modules, control network, :math:`q(x_0)`, the Hurst index)
+    is trained. Call ``pyro.clear_param_store()`` before building a second instance with the
+    same ``name``.
+
+    Args:
+        drift: :math:`b(x, t)`, mapping ``x`` of shape ``(*batch, d)`` and a 0-dimensional
+            time to ``(*batch, d)``; a callable or an :class:`~torch.nn.Module` (whose
+            parameters are then learned).
+        diffusion: :math:`s(x, t)` (diagonal), returning ``(*batch, d)`` or anything that
+            broadcasts to it; a callable, a module, or a constant.
+        state_dim: :math:`d`.
+        horizon: :math:`T`; the grid is :math:`n T / \text{num\_steps}`.
+        num_steps: Number of Euler-Maruyama steps :math:`N`.
+        hurst: Initial (or fixed) Hurst index :math:`H \in (0, 1)`.
+        learn_hurst: Learn :math:`H` (parameterised as :math:`\operatorname{sigmoid}` of an
+            unconstrained parameter, so it stays in :math:`(0, 1)`).
+        num_processes: :math:`K \ge 1` when ``gammas`` is not given.
+        gammas: Speeds, shape ``(K,)`` (default :func:`~pplx.processes.fbm.geometric_gammas`
+            ``(num_processes, gamma_max, gamma_min)``).
+        gamma_max: Fastest speed of the default grid; needs
+            :math:`\gamma_{\max} \Delta t < 0.5`.
+        gamma_min: Slowest speed of the default grid (default ``1 / gamma_max``).
+        kind: ``"I"`` (stationary start, approximates standard fBM) or ``"II"`` (zero start,
+            Riemann-Liouville fBM).
+        x0_loc: Prior mean of :math:`X_0` (float or shape ``(d,)``).
+        x0_scale: Prior standard deviation of :math:`X_0`.
+        obs_scale: Observation noise :math:`\sigma_{\text{obs}}`.
+        control: The guide's control :math:`u(t, x, y, \text{context})` (default a
+            :class:`ControlNet`).
+        context_dim: Context size of the default control network.
+        hidden_dim: Width of the default control network.
+        name: Pyro module name.
+        dtype: Floating dtype of the parameters (default: torch's default); move the module
+            with ``.to(device)``.
+
+    Raises:
+        ValueError: If :math:`H \notin (0, 1)`, :math:`K < 1`, the speeds are invalid,
+            :math:`\gamma_{\max} \Delta t \ge 0.5`, or a size is not positive.
+    """
+
+    def __init__(
+        self,
+        drift: Drift | nn.Module,
+        diffusion: Drift | nn.Module | float,
+        *,
+        state_dim: int = 1,
+        horizon: float = 1.0,
+        num_steps: int = 100,
+        hurst: float = 0.5,
+        learn_hurst: bool = True,
+        num_processes: int = DEFAULT_NUM_PROCESSES,
+        gammas: torch.Tensor | Sequence[float] | None = None,
+        gamma_max: float = DEFAULT_GAMMA_MAX,
+        gamma_min: float | None = None,
+        kind: str = "I",
+        x0_loc: float | torch.Tensor = 0.0,
+        x0_scale: float = 1.0,
+        obs_scale: float = 0.1,
+        control: Callable | nn.Module | None = None,
+        context_dim: int = 0,
+        hidden_dim: int = 64,
+        name: str = "fractional_sde",
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        dtype = torch.get_default_dtype() if dtype is None else dtype
+        if isinstance(state_dim, bool) or not isinstance(state_dim, int) or state_dim < 1:
+            raise ValueError(f"state_dim must be an int >= 1, got {state_dim!r}")
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
+        self.kind = _check_kind(kind)
+        self.horizon = _check_positive(horizon, "horizon")
+        self.num_steps = num_steps
+        self.state_dim = state_dim
+        self.dt = self.horizon / num_steps
+        self.name = name
+        h = float(_check_hurst(hurst))
+        raw = torch.tensor(math.log(h / (1.0 - h)), dtype=dtype)
+        if learn_hurst:
+            self.raw_hurst = nn.Parameter(raw)
+        else:
+            self.register_buffer("raw_hurst", raw)
+        if gammas is None:
+            gammas = geometric_gammas(num_processes, gamma_max, gamma_min, dtype=torch.float64)
+        gammas = _check_gammas(gammas).detach().to(torch.float64)
+        worst = float(gammas.max()) * self.dt
+        if worst >= 0.5:
+            needed = math.ceil(2.0 * float(gammas.max()) * self.horizon)
+            raise ValueError(
+                f"gamma_max * dt = {worst:.3g} >= 0.5: the Euler-Maruyama step of the fastest "
+                f"Ornstein-Uhlenbeck process (gamma_max = {float(gammas.max()):.3g}) is "
+                f"unstable or inaccurate. Use more than {needed} steps on [0, {self.horizon:.3g}] "
+                f"or a smaller gamma_max"
+            )
+        self.register_buffer("gammas", gammas.to(dtype))
+        self.register_buffer(
+            "times", torch.linspace(0.0, self.horizon, num_steps + 1, dtype=dtype)
+        )
+        self.drift = _as_tensor_fn(drift, "drift")
+        self.diffusion = _as_tensor_fn(diffusion, "diffusion")
+        x0_loc = torch.as_tensor(x0_loc, dtype=dtype).expand(state_dim).clone()
+        self.register_buffer("x0_loc", x0_loc)
+        self.x0_scale = _check_positive(x0_scale, "x0_scale")
+        self.obs_scale = _check_positive(obs_scale, "obs_scale")
+        # q(x0): starts at the prior
+        self.q_x0_loc = nn.Parameter(x0_loc.clone())
+        self.q_x0_raw_scale = nn.Parameter(
+            torch.full((state_dim,), math.log(math.expm1(self.x0_scale)), dtype=dtype)
+        )
+        if control is None:
+            control = ControlNet(
+                state_dim, self.gammas.numel(), context_dim, hidden_dim, horizon=self.horizon
+            ).to(dtype)
+        elif not callable(control):
+            raise TypeError(f"control must be a callable u(t, x, y, context), got {control!r}")
+        self.control = control
+
+    # -- parameters -----------------------------------------------------------------------
+    @property
+    def num_processes(self) -> int:
+        """:math:`K`."""
+        return self.gammas.numel()
+
+    @property
+    def hurst(self) -> torch.Tensor:
+        r"""The Hurst index :math:`H = \operatorname{sigmoid}(\text{raw})` (differentiable)."""
+        return torch.sigmoid(self.raw_hurst)
+
+    def weights(self) -> torch.Tensor:
+        r"""The weights :math:`\omega(H)` on :math:`[0, T]` (differentiable in :math:`H`)."""
+        return fbm_weights(self.hurst, self.gammas, self.horizon, self.kind)
+
+    def stationary_covariance(self) -> torch.Tensor:
+        r"""Covariance :math:`1 / (\gamma_i + \gamma_j)` of the type-I start :math:`Y(0)`."""
+        return 1.0 / (self.gammas.unsqueeze(-1) + self.gammas)
+
+    # -- observation times ----------------------------------------------------------------
+    def _interpolation(self, obs_times) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left grid index and weight of the right neighbour for each observation time."""
+        ref = self.times
+        times = torch.as_tensor(obs_times, dtype=ref.dtype, device=ref.device)
+        if times.dim() != 1 or times.numel() < 1:
+            raise ValueError(
+                f"obs_times must be a non-empty 1-D tensor, got shape {tuple(times.shape)}"
+            )
+        t = times.detach()
+        tol = 1e-9 * self.horizon
+        if (
+            not bool(torch.isfinite(t).all())
+            or bool((t < -tol).any())
+            or bool((t > self.horizon + tol).any())
+        ):
+            bad = t[~((t >= -tol) & (t <= self.horizon + tol))].tolist()
+            raise ValueError(
+                f"observation times outside the grid [0, T] = [0, {self.horizon}]: {bad}; "
+                f"the SDE is only simulated on [0, T] (increase horizon)"
+            )
+        pos = (t / self.dt).clamp(0.0, float(self.num_steps))
+        left = pos.floor().long().clamp(max=self.num_steps - 1)
+        frac = (pos - left.to(pos.dtype)).clamp(0.0, 1.0)
+        return left, frac
+
+    def _observe(self, x: torch.Tensor, obs_times, obs_values) -> None:
+        left, frac = self._interpolation(obs_times)
+        values = torch.as_tensor(obs_values, dtype=x.dtype, device=x.device)
+        if values.dim() == 1 and self.state_dim == 1:
+            values = values.unsqueeze(-1)
+        if values.shape != (left.numel(), self.state_dim):
+            raise ValueError(
+                f"obs_values must have shape ({left.numel()}, {self.state_dim}) (one row per "
+                f"observation time), got {tuple(values.shape)}"
+            )
+        frac = frac.unsqueeze(-1)
+        x_obs = (1.0 - frac) * x[..., left, :] + frac * x[..., left + 1, :]
+        pyro.sample("obs", dist.Normal(x_obs, self.obs_scale).to_event(2), obs=values)
+
+    # -- the recursion --------------------------------------------------------------------
+    def _simulate(self, x0, y0, increment) -> SDEPath:
+        """Euler-Maruyama on (X, Y); ``increment(n, t, x, y)`` returns ``(dW_n, u_n)``."""
+        w = self.weights().to(x0.dtype)
+        g = self.gammas.to(x0.dtype)
+        wg, w_sum = w * g, w.sum()
+        dt = self.dt
+        x, y = x0, y0
+        xs, ys, us = [x], [y], []
+        for n in range(self.num_steps):
+            t = self.times[n]
+            d_w, u = increment(n, t, x, y)
+            s = self.diffusion(x, t)
+            b = self.drift(x, t)
+            x_next = x + (b - s * (y * wg).sum(-1)) * dt + s * w_sum * d_w
+            y = y - g * y * dt + d_w.unsqueeze(-1)
+            x = x_next
+            xs.append(x)
+            ys.append(y)
+            us.append(u)
+        batch = torch.broadcast_shapes(*(v.shape[:-1] for v in xs))
+        x_path = torch.stack([v.expand(*batch, self.state_dim) for v in xs], -2)
+        y_path = torch.stack([v.expand(*batch, *v.shape[-2:]) for v in ys], -3)
+        u_path = torch.stack([v.expand(*batch, self.state_dim) for v in us], -2)
+        kl = 0.5 * (u_path**2).sum(-1) * dt
+        return SDEPath(self.times, x_path, y_path, u_path, kl)
+
+    def _initial(self, x0_dist: dist.Distribution) -> tuple[torch.Tensor, torch.Tensor]:
+        x0 = pyro.sample("x0", x0_dist)
+        k, d = self.num_processes, self.state_dim
+        if self.kind == "I":
+            cov = self.stationary_covariance()
+            y0_dist = dist.MultivariateNormal(cov.new_zeros(d, k), covariance_matrix=cov)
+            y0 = pyro.sample("y0", y0_dist.to_event(1))
+        else:
+            y0 = x0.new_zeros(d, k)
+        return x0, y0
+
+    # -- Pyro model and guide -------------------------------------------------------------
+    def model(self, obs_times=None, obs_values=None, context: torch.Tensor | None = None):
+        r"""The prior over the discretised path, and the observations (if given).
+
+        Sites: ``"x0"`` :math:`\sim \mathcal N(m_0, s_0^2)`, ``"y0"`` (type I), ``"dW_n"``
+        :math:`\sim \mathcal N(0, \Delta t\, I_d)` for :math:`n < N`, and ``"obs"`` when
+        ``obs_values`` is given.
+
+        Args:
+            obs_times: Observation times in :math:`[0, T]`, shape ``(M,)`` (any order, off
+                the grid allowed: linear interpolation).
+            obs_values: Observations, shape ``(M, d)`` (or ``(M,)`` when :math:`d = 1`).
+            context: Passed to the guide's control only (accepted here for Pyro's signature).
+
+        Returns:
+            The :class:`SDEPath`.
+        """
+        pyro.module(self.name, self)
+        if (obs_times is None) != (obs_values is None):
+            raise ValueError("give both obs_times and obs_values, or neither")
+        loc = self.x0_loc
+        x0, y0 = self._initial(dist.Normal(loc, self.x0_scale).to_event(1))
+        scale = math.sqrt(self.dt)
+        zeros = loc.new_zeros(self.state_dim)
+
+        def increment(n, t, x, y):
+            d_w = pyro.sample(f"dW_{n}", dist.Normal(zeros, scale).to_event(1))
+            return d_w, torch.zeros_like(x)
+
+        path = self._simulate(x0, y0, increment)
+        if obs_values is not None:
+            self._observe(path.x, obs_times, obs_values)
+        return path
+
+    def guide(self, obs_times=None, obs_values=None, context: torch.Tensor | None = None):
+        r"""The controlled posterior: :math:`q(x_0)` and controlled increments.
+
+        :math:`\Delta W_n \sim \mathcal N(u_n \Delta t, \Delta t\, I_d)` with
+        :math:`u_n = u(t_n, X_n, Y_n, c)`; sites as in :meth:`model` (no ``"obs"``).
+
+        Args:
+            obs_times: Unused (same signature as :meth:`model`).
+            obs_values: Unused.
+            context: Context vector for the control network (amortisation), or ``None``.
+
+        Returns:
+            The :class:`SDEPath`, with the controls and the per-step Girsanov terms.
+        """
+        pyro.module(self.name, self)
+        scale = torch.nn.functional.softplus(self.q_x0_raw_scale)
+        x0, y0 = self._initial(dist.Normal(self.q_x0_loc, scale).to_event(1))
+        sdt = math.sqrt(self.dt)
+
+        def increment(n, t, x, y):
+            u = self.control(t, x, y.expand(*x.shape[:-1], *y.shape[-2:]), context)
+            d_w = pyro.sample(f"dW_{n}", dist.Normal(u * self.dt, sdt).to_event(1))
+            return d_w, u
+
+        return self._simulate(x0, y0, increment)
+
+    @torch.no_grad()
+    def sample(
+        self, num_paths: int = 1, posterior: bool = True, context: torch.Tensor | None = None
+    ) -> SDEPath:
+        """Draw ``num_paths`` paths from the guide (``posterior=True``) or the prior."""
+        with pyro.plate(f"{self.name}_paths", num_paths, dim=-1):
+            if posterior:
+                return self.guide(context=context)
+            return self.model(context=context)
+
+
+# --------------------------------------------------------------------------- linear drift
+
+
+def euler_linear_moments(
+    theta: float,
+    sigma: float,
+    weights: torch.Tensor,
+    gammas: torch.Tensor,
+    dt: float,
+    num_steps: int,
+    x0_loc: float = 0.0,
+    x0_scale: float = 1.0,
+    kind: str = "I",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Exact mean and covariance of :math:`X` under the Euler-discretised fractional OU prior.
+
+    For the drift :math:`b(x) = -\theta x`, constant diffusion :math:`\sigma` and scalar
+    state, the recursion of :class:`FractionalSDE` is linear Gaussian in
+    :math:`Z_n = (X_n, Y_{1,n}, \dots, Y_{K,n})`:
+    :math:`Z_{n+1} = A Z_n + B\, \Delta W_n` with
+
+    .. math::
+
+        A = \begin{pmatrix} 1 - \theta \Delta t & -\sigma \Delta t\, (\omega \odot \gamma)^\top
+            \\ 0 & I - \Delta t \operatorname{diag}(\gamma) \end{pmatrix}, \qquad
+        B = \begin{pmatrix} \sigma \sum_k \omega_k \\ \mathbf 1 \end{pmatrix},
+
+    so :math:`\operatorname{Cov}(Z_m, Z_n) = A^{m - n} P_n` for :math:`m \ge n`, with
+    :math:`P_{n+1} = A P_n A^\top + \Delta t\, B B^\top`. The start is
+    :math:`X_0 \sim \mathcal N(m_0, s_0^2)` and :math:`Y_0 = 0` (type II) or
+    :math:`Y_0 \sim \mathcal N(0, 1/(\gamma_i + \gamma_j))` (type I). This is the "analytic"
+    reference for the fractional OU bridge (the posterior then follows from
+    :func:`gaussian_condition`).
+
+    Returns:
+        ``(mean, cov)`` of :math:`(X_0, \dots, X_N)`, shapes ``(N + 1,)`` and
+        ``(N + 1, N + 1)``, float64.
+    """
+    kind = _check_kind(kind)
+    w = torch.as_tensor(weights, dtype=torch.float64).detach()
+    g = torch.as_tensor(gammas, dtype=torch.float64).detach()
+    k = g.numel()
+    a = torch.zeros(k + 1, k + 1, dtype=torch.float64)
+    a[0, 0] = 1.0 - theta * dt
+    a[0, 1:] = -sigma * dt * w * g
+    a[1:, 1:] = torch.diag(1.0 - dt * g)
+    b = torch.cat([torch.tensor([sigma * float(w.sum())], dtype=torch.float64), torch.ones(k)])
+    p = torch.zeros(k + 1, k + 1, dtype=torch.float64)
+    p[0, 0] = x0_scale**2
+    if kind == "I":
+        p[1:, 1:] = 1.0 / (g.unsqueeze(-1) + g)
+    mean = torch.zeros(num_steps + 1, dtype=torch.float64)
+    m = torch.zeros(k + 1, dtype=torch.float64)
+    m[0] = x0_loc
+    # cross[n] = Cov(Z_n, X_.) rows: propagate the full covariance of Z at every step, and the
+    # cross-covariances Cov(Z_m, Z_n) = A^(m-n) P_n by storing Cov(Z_m, X_j) for j <= m.
+    cov = torch.zeros(num_steps + 1, num_steps + 1, dtype=torch.float64)
+    cross = p[:, :1].clone()  # Cov(Z_m, X_j) for j = 0..m, shape (k + 1, m + 1)
+    mean[0] = m[0]
+    cov[0, 0] = p[0, 0]
+    bbt = dt * torch.outer(b, b)
+    for n in range(num_steps):
+        m = a @ m
+        p = a @ p @ a.T + bbt
+        cross = torch.cat([a @ cross, p[:, :1]], 1)
+        mean[n + 1] = m[0]
+        cov[n + 1, : n + 2] = cross[0]
+        cov[: n + 2, n + 1] = cross[0]
+    return mean, cov
+
+
+def gaussian_condition(
+    mean: torch.Tensor, cov: torch.Tensor, index: int, value: float, noise_scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Condition a Gaussian vector on one noisy coordinate, :math:`y = X_i + \varepsilon`.
+
+    .. math::
+
+        \mu' = \mu + \frac{C_{:, i}}{C_{ii} + \sigma^2}(y - \mu_i), \qquad
+        C' = C - \frac{C_{:, i} C_{i, :}}{C_{ii} + \sigma^2}.
+
+    Returns:
+        The posterior ``(mean, cov)``.
+    """
+    c = cov[:, index]
+    denom = cov[index, index] + noise_scale**2
+    return mean + c / denom * (value - mean[index]), cov - torch.outer(c, c) / denom
