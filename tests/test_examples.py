@@ -19,6 +19,9 @@ EXAMPLES = {
     "vae.py": ["--quick", "--objective", "iwae", "--estimator", "reparam"],
     "sgld_bnn.py": ["--quick", "--out", "{out}"],
     "federated_sgld.py": ["--quick", "--out", "{out}"],
+    "fou_bridge.py": ["--quick", "--out", "{out}"],
+    "discrete_latents.py": ["--quick", "--out", "{out}"],
+    "custom_objective.py": ["--quick"],
 }
 
 

@@ -3,6 +3,13 @@
 from pplx.models.eight_schools import eight_schools
 from pplx.models.koopman import KoopmanVAE
 from pplx.models.logistic import logistic_regression
-from pplx.models.vae import VAE, SigmoidBeliefVAE
+from pplx.models.vae import VAE, DiscreteVAE, SigmoidBeliefVAE
 
-__all__ = ["VAE", "KoopmanVAE", "SigmoidBeliefVAE", "eight_schools", "logistic_regression"]
+__all__ = [
+    "VAE",
+    "DiscreteVAE",
+    "KoopmanVAE",
+    "SigmoidBeliefVAE",
+    "eight_schools",
+    "logistic_regression",
+]

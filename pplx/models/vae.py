@@ -8,9 +8,14 @@ r"""Variational autoencoders as plain Pyro model + guide pairs (Kingma & Welling
 \mathrm{Bernoulli}(\pi)` and a Bernoulli guide :math:`q_\phi(z_n\mid x_n) =
 \mathrm{Bernoulli}(\sigma(g_\phi(x_n)))`, a discrete-latent model whose gradients need
 REINFORCE, enumeration or measure-valued derivatives.
+
+:class:`DiscreteVAE`: one Categorical class per image, pixels decoded from its one-hot code;
+small enough that the exact ELBO and :math:`\log p(x)` are sums over the classes.
 """
 
 from __future__ import annotations
+
+import math
 
 import pyro
 import pyro.distributions as dist
@@ -91,3 +96,42 @@ class SigmoidBeliefVAE(nn.Module):
         pyro.module("encoder", self.encoder)
         with pyro.plate("data", x.shape[0]):
             pyro.sample("z", dist.Bernoulli(logits=self.encoder(x)).to_event(1))
+
+
+class DiscreteVAE(nn.Module):
+    """Per image a class ``c`` (Categorical) and Bernoulli pixels decoded from ``one_hot(c)``."""
+
+    def __init__(self, x_dim: int = 64, hidden: int = 64, num_classes: int = 10) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.encoder = nn.Sequential(
+            nn.Linear(x_dim, hidden), nn.Softplus(), nn.Linear(hidden, num_classes)
+        )
+        self.decoder = nn.Sequential(
+            nn.Linear(num_classes, hidden), nn.Softplus(), nn.Linear(hidden, x_dim)
+        )
+
+    def model(self, x: torch.Tensor) -> None:
+        """The generative model (vectorized over the minibatch)."""
+        pyro.module("decoder", self.decoder)
+        probs = x.new_full((self.num_classes,), 1.0 / self.num_classes)
+        with pyro.plate("data", x.shape[0]):
+            c = pyro.sample("c", dist.Categorical(probs))
+            onehot = nn.functional.one_hot(c.long(), self.num_classes).to(x.dtype)
+            pyro.sample("x", dist.Bernoulli(logits=self.decoder(onehot)).to_event(1), obs=x)
+
+    def guide(self, x: torch.Tensor) -> None:
+        """The amortised guide q(c | x)."""
+        pyro.module("encoder", self.encoder)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("c", dist.Categorical(logits=self.encoder(x)))
+
+    @torch.no_grad()
+    def exact(self, x: torch.Tensor) -> tuple[float, float]:
+        """Exact ELBO and log p(x) per image (the class summed out)."""
+        log_q = torch.log_softmax(self.encoder(x), -1)
+        logits = self.decoder(torch.eye(self.num_classes, dtype=x.dtype, device=x.device))
+        log_lik = dist.Bernoulli(logits=logits.unsqueeze(1)).log_prob(x).sum(-1).T
+        log_joint = log_lik - math.log(self.num_classes)
+        elbo = (log_q.exp() * (log_joint - log_q)).sum(-1)
+        return float(elbo.mean()), float(torch.logsumexp(log_joint, -1).mean())

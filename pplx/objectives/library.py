@@ -34,6 +34,7 @@ from pplx.objectives.base import Objective
 from pplx.objectives.program import (
     Estimate,
     ObjectiveError,
+    current_execution,
     density,
     expectation,
     logmeanexp,
@@ -96,6 +97,23 @@ class LogWeights:
     log_p: torch.Tensor
     log_q: torch.Tensor
 
+    def estimate(self, per_element: torch.Tensor, plate_nesting: int) -> Estimate:
+        """An :class:`Estimate` from per-element values (global: one value per draw).
+
+        With a local plate the value is the scaled sum over the plate, each element's score
+        sites get their own element's value as learning signal, and measure-valued
+        derivatives may force the plate's elements at once.
+        """
+        if self.plate_dim is None:
+            return Estimate(per_element)
+        elements = per_element * self.scale
+        signal = None
+        if torch.is_grad_enabled() and elements.dim() == 1:
+            k = self.log_w.shape[-1]
+            expanded = elements.detach().unsqueeze(-1).expand(elements.shape + (k,))
+            signal = self.to_batch_layout(expanded, plate_nesting)
+        return Estimate(elements.sum(-1), signal, elements, self.plate_dim)
+
     def reduce(self, per_element: torch.Tensor) -> torch.Tensor:
         """Sum a per-element quantity (shape ``(..., N)``) over the local plate."""
         if self.plate_dim is None:
@@ -135,6 +153,11 @@ def log_weights(q, p, log_q: Any, local_plate: str | None) -> LogWeights:
     scale = float(q.trace.nodes[q.records[-1].key[1]]["scale"])
     # Pyro scaled every local term by N/B: undo it inside the log-mean-exp, reapply outside.
     return LogWeights((lp - lq) / scale, scale, frame.dim, lp / scale, lq / scale)
+
+
+def _plate_nesting() -> int:
+    """The running execution's plate nesting."""
+    return current_execution().plate_nesting
 
 
 class IWAE(Objective):
@@ -183,7 +206,7 @@ class IWAE(Objective):
     def program(self, model, guide, *args, **kwargs):  # noqa: D102
         if not self.dreg:
             w = self.weights(model, guide, *args, **kwargs)
-            return w.reduce(logmeanexp(w.log_w))
+            return w.estimate(logmeanexp(w.log_w), _plate_nesting())
         q = simulate(guide, *args, **kwargs)
         holder: dict = {}
         values = {}
@@ -243,14 +266,11 @@ class VIMCO(IWAE):
         signal = per_element.detach().unsqueeze(-1) - logmeanexp(swapped)
         if w.plate_dim is not None:
             signal = signal * w.scale
-        signal = w.to_batch_layout(signal, self.plate_nesting_now()) if signal.dim() <= 2 else None
-        return Estimate(w.reduce(per_element), signal)
-
-    def plate_nesting_now(self) -> int:
-        """The running execution's plate nesting."""
-        from pplx.objectives.program import current_execution
-
-        return current_execution().plate_nesting
+        signal = w.to_batch_layout(signal, _plate_nesting()) if signal.dim() <= 2 else None
+        if w.plate_dim is None:
+            return Estimate(per_element, signal)
+        elements = per_element * w.scale
+        return Estimate(elements.sum(-1), signal, elements, w.plate_dim)
 
 
 class Renyi(IWAE):
@@ -279,8 +299,9 @@ class Renyi(IWAE):
     def program(self, model, guide, *args, **kwargs):  # noqa: D102
         w = self.weights(model, guide, *args, **kwargs)
         if self.alpha == 1.0:
-            return w.reduce(w.log_w.mean(-1))
-        return w.reduce(logmeanexp((1.0 - self.alpha) * w.log_w) / (1.0 - self.alpha))
+            return w.estimate(w.log_w.mean(-1), _plate_nesting())
+        per_element = logmeanexp((1.0 - self.alpha) * w.log_w) / (1.0 - self.alpha)
+        return w.estimate(per_element, _plate_nesting())
 
     def __repr__(self) -> str:
         return f"Renyi(alpha={self.alpha}, num_particles={self.num_particles})"
@@ -311,7 +332,7 @@ class CUBO(IWAE):
 
     def program(self, model, guide, *args, **kwargs):  # noqa: D102
         w = self.weights(model, guide, *args, **kwargs)
-        return w.reduce(logmeanexp(self.n * w.log_w) / self.n)
+        return w.estimate(logmeanexp(self.n * w.log_w) / self.n, _plate_nesting())
 
     def __repr__(self) -> str:
         return f"CUBO(n={self.n}, num_particles={self.num_particles})"

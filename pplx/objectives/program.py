@@ -299,10 +299,17 @@ class Estimate:
             ``(K, *plates)`` of the sites (particles first), that
             replaces ``value`` as the downstream cost of score-function sites, e.g. VIMCO's
             leave-one-out signal. ``None`` uses ``value`` for every particle.
+        elements: Optional per-element values of an objective that is a sum over the
+            elements of one plate of independent terms (``value == elements.sum(-1)``; last
+            dimension: the plate's elements), e.g. IWAE with ``local_plate``. It lets
+            measure-valued derivatives force all elements of that plate at once.
+        plate_dim: The batch dimension of that plate (negative, in the sites' layout).
     """
 
     value: torch.Tensor
     signal: torch.Tensor | None = None
+    elements: torch.Tensor | None = None
+    plate_dim: int | None = None
 
 
 def expectation(x: Terms | torch.Tensor) -> Terms | torch.Tensor:

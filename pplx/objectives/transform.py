@@ -148,7 +148,8 @@ def _per_element_dims(record: SiteRecord, out: Terms | Estimate, ex: Execution) 
     nb = len(shape) - event_dim
     dims = [nb + i for i in range(event_dim) if shape[nb + i] > 1]
     if isinstance(out, Estimate):
-        return [d for d in range(nb) if shape[d] > 1] + dims
+        independent = None if out.elements is None else nb + out.plate_dim
+        return [d for d in range(nb) if shape[d] > 1 and d != independent] + dims
     for d in range(nb):
         if shape[d] == 1:
             continue
@@ -216,6 +217,9 @@ def _mvd_term(
         if cost is None:
             return torch.zeros((), dtype=value.dtype, device=value.device)
         cost = cost.expand(target).reshape((len(branches), num) + kept)
+    elif out2.elements is not None:  # a sum over independent plate elements
+        f = out2.elements.reshape(len(branches), num, -1)
+        cost = f.reshape((len(branches), num) + kept)
     else:
         f = out2.value
         cost = f.reshape(len(branches), num).reshape((len(branches), num) + (1,) * nb)

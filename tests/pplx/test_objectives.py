@@ -541,6 +541,19 @@ def test_local_plate_vimco_with_reinforce_unbiased():
     assert_unbiased(values, loss)
 
 
+@pytest.mark.parametrize("kind", ["iwae", "cubo"])
+@pytest.mark.parametrize("subsample_size", [None, 2])
+def test_local_plate_objectives_with_reinforce_unbiased(kind, subsample_size):
+    """Each data point's score sites get that point's own bound as learning signal."""
+    model, guide = local_model_and_guide(subsample_size, Reinforce(None))
+    values, grads = gradient_samples(
+        LOCAL_OBJECTIVES[kind](), model, guide, list(INITS_L), 400, X_L
+    )
+    loss, grad = exact_loss_and_grad(local_loss(kind, 2), INITS_L)
+    assert_unbiased(grads, grad)
+    assert_unbiased(values, loss)
+
+
 def test_local_plate_vimco_with_reinforce_and_minibatches_unbiased():
     """The score of a site in a subsampled plate is its unscaled log q (the signal is scaled).
 

@@ -1,0 +1,261 @@
+"""Seconds per epoch of discrete-latent training: pplx strategies vs Pyro's ELBOs, same model.
+
+The model is a discrete VAE on scikit-learn's binarised 8x8 digits: per image a class
+``c ~ Categorical(1/10)`` and Bernoulli pixels ``x | c`` decoded by an MLP from ``one_hot(c)``;
+the guide ``q(c | x)`` is an amortised MLP. The *same* Pyro model and guide functions are
+trained by ``pyro.infer.SVI`` with ``pyro.optim.Adam``; only the loss and the site's tags
+differ. One epoch is a fixed number of minibatches (the training set, 1,497 images, in
+full minibatches of ``--batch``), the same for every row.
+
+pplx rows (``with_estimators(guide, {"c": ...})``) and their Pyro equivalents:
+
+* ELBO(1) + Reinforce (moving-average baseline)  vs  TraceGraph_ELBO (decaying-average baseline)
+* ELBO(K) + Reinforce (leave-one-out baseline)   vs  TraceGraph_ELBO(num_particles=K), looped
+  (Pyro's default) and ``vectorize_particles=True``
+* ELBO(1) + Enumerate                            vs  TraceEnum_ELBO (config_enumerate guide)
+* ELBO(1) + MVD                                  (Pyro has no measure-valued derivatives)
+* IWAE(K, local_plate="data") + Reinforce, VIMCO(K, local_plate="data")
+                                                 vs  RenyiELBO(alpha=0, num_particles=K),
+  looped and vectorized (see the caveat printed below the table)
+* IWAE(K, local_plate="data") + MVD              (no Pyro equivalent)
+
+After training each row reports the exact ELBO and the exact log p(x) per image on the
+training and held-out images (the class is summed out, so these numbers carry no Monte Carlo
+noise), so it is clear that every row learns.
+
+    python benchmarks/discrete_latents.py --threads 1 [--epochs 3] [--batch 100] \
+        [--particles 5] [--device cpu] [--repeats 3] [--skip "+MVD"] [--quick]
+
+Timings on a shared machine are noisy; use ``--threads 1`` and compare rows of one run.
+"""
+
+import argparse
+import time
+
+import pyro
+import torch
+from pyro import poutine
+
+import pplx.estimators as est
+import pplx.objectives as obj
+from pplx.datasets import binarized_digits
+from pplx.models import DiscreteVAE
+
+NUM_CLASSES = 10
+
+
+def decaying_baseline(site):
+    if site["type"] == "sample" and not site["is_observed"]:
+        return {"baseline": {"use_decaying_avg_baseline": True, "baseline_beta": 0.9}}
+    return {}
+
+
+def methods(k):
+    """(label, make loss, tag the guide, Pyro equivalent label) for every row."""
+    pplx_tag = lambda strategy: lambda g: est.with_estimators(g, {"c": strategy()})  # noqa: E731
+    graph = lambda g: poutine.infer_config(g, decaying_baseline)  # noqa: E731
+    enum = lambda g: pyro.infer.config_enumerate(g, "parallel")  # noqa: E731
+    same = lambda g: g  # noqa: E731
+    reinforce = lambda: est.Reinforce("auto")  # noqa: E731
+    return [
+        # pplx
+        ("pplx ELBO(1)+Reinforce(avg)", lambda: obj.ELBO(1), pplx_tag(reinforce), "graph1"),
+        (f"pplx ELBO({k})+Reinforce(loo)", lambda: obj.ELBO(k), pplx_tag(reinforce), "graphK"),
+        ("pplx ELBO(1)+Enumerate", lambda: obj.ELBO(1), pplx_tag(est.Enumerate), "enum"),
+        ("pplx ELBO(1)+MVD", lambda: obj.ELBO(1), pplx_tag(est.MVD), None),
+        (
+            f"pplx IWAE({k},local)+Reinforce",
+            lambda: obj.IWAE(k, local_plate="data"),
+            pplx_tag(reinforce),
+            "renyi",
+        ),
+        (f"pplx VIMCO({k},local)", lambda: obj.VIMCO(k, local_plate="data"), same, "renyi"),
+        (
+            f"pplx IWAE({k},local)+MVD",
+            lambda: obj.IWAE(k, local_plate="data"),
+            pplx_tag(est.MVD),
+            None,
+        ),
+        # Pyro
+        ("pyro TraceGraph_ELBO(1)", lambda: pyro.infer.TraceGraph_ELBO(), graph, "graph1"),
+        (
+            f"pyro TraceGraph_ELBO({k}) looped",
+            lambda: pyro.infer.TraceGraph_ELBO(num_particles=k, max_plate_nesting=1),
+            graph,
+            "graphK",
+        ),
+        (
+            f"pyro TraceGraph_ELBO({k}) vectorized",
+            lambda: pyro.infer.TraceGraph_ELBO(
+                num_particles=k, vectorize_particles=True, max_plate_nesting=1
+            ),
+            graph,
+            "graphK",
+        ),
+        (
+            "pyro TraceEnum_ELBO",
+            lambda: pyro.infer.TraceEnum_ELBO(max_plate_nesting=1),
+            enum,
+            "enum",
+        ),
+        (
+            f"pyro RenyiELBO(0,{k}) looped",
+            lambda: pyro.infer.RenyiELBO(alpha=0.0, num_particles=k, max_plate_nesting=1),
+            same,
+            "renyi",
+        ),
+        (
+            f"pyro RenyiELBO(0,{k}) vectorized",
+            lambda: pyro.infer.RenyiELBO(
+                alpha=0.0, num_particles=k, vectorize_particles=True, max_plate_nesting=1
+            ),
+            same,
+            "renyi",
+        ),
+    ]
+
+
+def run(label, make_loss, tag, train, test, args):
+    pyro.clear_param_store()
+    pyro.set_rng_seed(args.seed)
+    vae = DiscreteVAE(x_dim=train.shape[1]).to(args.device)
+    svi = pyro.infer.SVI(
+        vae.model, tag(vae.guide), pyro.optim.Adam({"lr": args.lr}), loss=make_loss()
+    )
+    # full minibatches only (Pyro's decaying-average baseline is a per-element parameter)
+    batches = [
+        train[i : i + args.batch] for i in range(0, len(train) - args.batch + 1, args.batch)
+    ]
+    for x in batches[: args.warmup]:  # untimed warm-up steps (param creation, caches)
+        svi.step(x)
+    epoch_seconds = []
+    for _ in range(args.epochs):
+        order = torch.randperm(len(batches)).tolist()
+        start = time.perf_counter()
+        for i in order:
+            svi.step(batches[i])
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        epoch_seconds.append(time.perf_counter() - start)
+    elbo, log_px = vae.exact(train)
+    test_elbo, test_log_px = vae.exact(test)
+    return {
+        "method": label,
+        "s/epoch": min(epoch_seconds),
+        "s/epoch(mean)": sum(epoch_seconds) / len(epoch_seconds),
+        "ms/step": 1e3 * min(epoch_seconds) / len(batches),
+        "train ELBO": elbo,
+        "train log p(x)": log_px,
+        "test ELBO": test_elbo,
+        "test log p(x)": test_log_px,
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per row")
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--particles", type=int, default=5, help="K of the multi-particle rows")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", default="", help="run only rows whose label contains this")
+    parser.add_argument("--skip", default="", help="skip rows whose label contains this")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="rounds over all rows; the fastest is reported"
+    )
+    parser.add_argument("--quick", action="store_true", help="1 epoch, 200 images (< 60 s)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = binarized_digits(8).to(args.device)
+    train, test = data[:-300], data[-300:]
+    if args.quick:  # a smoke test: IWAE+MVD costs grow with batch**2 (see below)
+        args.epochs, args.warmup, train = 1, 1, train[:200]
+        args.batch = min(args.batch, 50)
+    print(
+        f"DiscreteVAE (Categorical({NUM_CLASSES}) class, 64 Bernoulli pixels, MLP 64 hidden); "
+        f"{len(train)} training images, batch {args.batch} -> "
+        f"{len(train) // args.batch} steps/epoch; K={args.particles}; "
+        f"device={args.device}; torch threads={torch.get_num_threads()}; "
+        f"epochs={args.epochs} x rounds={args.repeats} (fastest epoch reported); "
+        f"pyro {pyro.__version__}, torch {torch.__version__}"
+    )
+    best = {}  # label -> row with the fastest epoch over the repeats
+    for repeat in range(args.repeats):  # rounds over all rows, so load changes hit every row
+        for label, make_loss, tag, _ in methods(args.particles):
+            if (args.only and args.only not in label) or (args.skip and args.skip in label):
+                continue
+            row = run(label, make_loss, tag, train, test, args)
+            if label not in best or row["s/epoch"] < best[label]["s/epoch"]:
+                best[label] = row
+            print(
+                f"  round {repeat + 1}: {label:34s} {row['s/epoch']:8.3f} s/epoch  "
+                f"train ELBO {row['train ELBO']:8.2f}",
+                flush=True,
+            )
+    rows = list(best.values())
+    report(rows, methods(args.particles), args)
+
+
+def report(rows, specs, args):
+    import pandas as pd
+
+    group_of = {label: group for label, _, _, group in specs}
+    pairs = {}  # pplx label -> [(ratio, pyro label)]
+    for r in rows:
+        label, group = r["method"], group_of[r["method"]]
+        if not label.startswith("pplx") or group is None:
+            continue
+        pairs[label] = [
+            (p["s/epoch"] / r["s/epoch"], p["method"])
+            for p in rows
+            if p["method"].startswith("pyro") and group_of[p["method"]] == group
+        ]
+    table = pd.DataFrame(rows).set_index("method")
+    column = []
+    for r in rows:
+        label = r["method"]
+        if label in pairs:
+            column.append(", ".join(f"{x:.2f}x vs {name[5:]}" for x, name in pairs[label]))
+        else:
+            column.append("no Pyro equivalent" if label.startswith("pplx") else "")
+    table["speed-up (Pyro s / pplx s)"] = column
+    with pd.option_context("display.width", 250, "display.max_colwidth", 90):
+        print()
+        print(table.round(3).to_string())
+    ratios = sorted((x, label, name) for label, found in pairs.items() for x, name in found)
+    if ratios:
+        (worst, w_pplx, w_pyro), (best, b_pplx, b_pyro) = ratios[0], ratios[-1]
+        print(
+            f"\nspeed-up pplx vs Pyro: from {worst:.2f}x ({w_pplx} vs {w_pyro}) to {best:.2f}x "
+            f"({b_pplx} vs {b_pyro})."
+        )
+        below = [r for r in ratios if r[0] < 5.0]
+        if below:
+            print(
+                f"TARGET NOT MET: {len(below)} of {len(ratios)} pplx-vs-Pyro ratios are below "
+                "the issue's 5x target (the measured ratios are printed above)."
+            )
+        else:
+            print("every pplx-vs-Pyro ratio meets the issue's 5x target.")
+    k = args.particles
+    print(
+        "Notes:\n"
+        "* Pyro's RenyiELBO gives the non-reparameterisable class site no score-function term "
+        "at alpha=0 (the guide's gradient is exactly zero, so q(c|x) is never trained) and "
+        "weights the whole minibatch jointly; pplx IWAE/VIMCO(local_plate='data') weight "
+        "each image and give the guide an unbiased gradient. The closest Pyro row, not the "
+        "same estimator.\n"
+        "* Pyro's TraceGraph_ELBO has no leave-one-out baseline: its K-particle rows use the "
+        "decaying-average baseline.\n"
+        f"* IWAE(local)+MVD forces the K = {k} particles of every image one at a time and all "
+        f"images at once ({k} x {NUM_CLASSES} branches of the program per step, in one batched "
+        "re-execution); ELBO+MVD forces all draws at once.\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
