@@ -369,10 +369,11 @@ def _layout(model, *args, **kwargs):
 
 
 def net(x):
-    w1 = pyro.sample("w1", dist.Normal(torch.zeros(3, 4, dtype=D64), 1.0).to_event(2))
-    b1 = pyro.sample("b1", dist.Normal(torch.zeros(4, dtype=D64), 1.0).to_event(1))
-    w2 = pyro.sample("w2", dist.Normal(torch.zeros(4, dtype=D64), 1.0).to_event(1))
-    scale = pyro.sample("scale", dist.HalfNormal(torch.tensor(1.0, dtype=D64)))
+    # priors follow the data's device and dtype (the CUDA smoke test runs this on the GPU)
+    w1 = pyro.sample("w1", dist.Normal(x.new_zeros(3, 4), 1.0).to_event(2))
+    b1 = pyro.sample("b1", dist.Normal(x.new_zeros(4), 1.0).to_event(1))
+    w2 = pyro.sample("w2", dist.Normal(x.new_zeros(4), 1.0).to_event(1))
+    scale = pyro.sample("scale", dist.HalfNormal(x.new_tensor(1.0)))
     # inside the chain batch w1 is (C, 1, 3, 4), b1 (C, 1, 4): the 1 is the data plate's place
     hidden = torch.tanh((x.unsqueeze(-1) * w1).sum(-2) + b1)
     with pyro.plate("data", x.shape[0]):
