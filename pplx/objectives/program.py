@@ -344,6 +344,9 @@ def _in_particle_plate(fn: Callable, num_particles: int, plate_nesting: int) -> 
     Replay handlers must wrap *this*, so that the plate still broadcasts replayed sites.
     """
 
+    if num_particles == 1:  # one particle: its dimension is implicit (size 1 broadcasts)
+        return fn
+
     def batched(*args: Any, **kwargs: Any) -> Any:
         with particle_plate(num_particles, plate_nesting):
             return fn(*args, **kwargs)
@@ -558,8 +561,8 @@ def simulate(
     strategies = _StrategyMessenger(ex, call, detach)
     recorder = _SubsampleReplay(ex, "guide", call)
     with poutine.trace() as tracer, poutine.enum(first_available_dim=first_dim):
-        with strategies, recorder, particle_plate(ex.num_particles, ex.plate_nesting):
-            guide(*args, **kwargs)
+        with strategies, recorder:
+            _in_particle_plate(guide, ex.num_particles, ex.plate_nesting)(*args, **kwargs)
     trace = tracer.trace
     trace.compute_log_prob()
     records, items, values = [], [], {}
