@@ -343,7 +343,6 @@ def _in_particle_plate(fn: Callable, num_particles: int, plate_nesting: int) -> 
 
     Replay handlers must wrap *this*, so that the plate still broadcasts replayed sites.
     """
-
     if num_particles == 1:  # one particle: its dimension is implicit (size 1 broadcasts)
         return fn
 
