@@ -22,6 +22,8 @@ EXAMPLES = {
     "fou_bridge.py": ["--quick", "--out", "{out}"],
     "discrete_latents.py": ["--quick", "--out", "{out}"],
     "custom_objective.py": ["--quick"],
+    "koopman_vae.py": ["--quick", "--out", "{out}"],
+    "hurst_estimation.py": ["--quick", "--out", "{out}"],
 }
 
 
