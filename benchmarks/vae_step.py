@@ -6,6 +6,8 @@ the same step are timed in this one run at batch sizes 128 and 1024:
 
 * hand-written PyTorch (encoder -> rsample -> decoder -> log p - log q, backward, Adam);
 * pplx: ``pplx.objectives.ELBO().differentiable_loss`` on the Pyro model/guide + torch Adam;
+* pplx compiled: the same with ``ELBO().compile()`` (the traced tensor program replayed
+  without Pyro's handlers);
 * Pyro: ``pyro.infer.SVI(..., Trace_ELBO(), pyro.optim.Adam)``.
 
     python benchmarks/vae_step.py [--steps 100] [--device cpu|cuda] [--batch 128 1024]
@@ -78,20 +80,24 @@ def main():
         f"device={args.device} steps={args.steps} threads={torch.get_num_threads()} "
         f"validation={not args.no_validation}"
     )
-    header = ["batch", "hand ms", "pplx ms", "pyro ms", "pplx/hand", "pyro/hand"]
+    header = ["batch", "hand ms", "pplx ms", "compiled", "pyro ms", "pplx/hand", "comp/hand"]
+    header += ["pyro/hand"]
     print(" ".join(f"{h:>10}" for h in header))
     for batch in args.batch:
         x = data[:batch] if batch <= len(data) else data.repeat(batch // len(data) + 1, 1)[:batch]
         times = {}
-        for name in ("hand", "pplx", "pyro"):
+        for name in ("hand", "pplx", "compiled", "pyro"):
             pyro.clear_param_store()
             pyro.set_rng_seed(0)
             vae = VAE().to(args.device)
             if name == "hand":
                 step = handwritten_step(vae, x, torch.optim.Adam(vae.parameters(), lr=1e-3))
-            elif name == "pplx":
+            elif name in ("pplx", "compiled"):
                 opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
-                step = pplx_step(vae, x, opt, ELBO(max_plate_nesting=1))
+                objective = ELBO(max_plate_nesting=1)
+                if name == "compiled":
+                    objective = objective.compile()
+                step = pplx_step(vae, x, opt, objective)
             else:
                 step = pyro_step(vae, x)
             sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
@@ -103,8 +109,9 @@ def main():
             times[name] = ms_per_call(timed, args.steps, warmup=10)
         hand = times["hand"]
         print(
-            f"{batch:>10} {hand:10.3f} {times['pplx']:10.3f} {times['pyro']:10.3f} "
-            f"{times['pplx'] / hand:10.2f} {times['pyro'] / hand:10.2f}"
+            f"{batch:>10} {hand:10.3f} {times['pplx']:10.3f} {times['compiled']:10.3f} "
+            f"{times['pyro']:10.3f} {times['pplx'] / hand:10.2f} "
+            f"{times['compiled'] / hand:10.2f} {times['pyro'] / hand:10.2f}"
         )
 
 

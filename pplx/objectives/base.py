@@ -41,6 +41,43 @@ class Objective(pyro.infer.ELBO):
             raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
         super().__init__(num_particles=int(num_particles), vectorize_particles=True)
         self._plate_nesting = max_plate_nesting
+        self._jit: dict | None = None
+        self._compiled: dict = {}
+
+    def compile(self, ignore_warnings: bool = True, jit_options: dict | None = None) -> Objective:
+        """Compile :meth:`differentiable_loss` with ``torch.jit.trace``; returns ``self``.
+
+        After one traced run per (model, guide, argument shapes, keyword arguments), each call
+        replays the recorded tensor program without Pyro's handlers, which removes most of the
+        per-step Python overhead. Parameters (``pyro.param`` and ``pyro.module``) are inputs of
+        the compiled program (through ``pyro.ops.jit``), so their gradients flow. Requirements,
+        as for Pyro's ``JitTrace_ELBO``: model and guide have a static structure, tensors come
+        through ``*args`` and non-tensors through ``**kwargs``, and nothing the program does
+        depends on tensor *values* in Python. Stateful baselines (moving averages) are frozen
+        at their value during tracing, which keeps the gradient unbiased.
+        """
+        self._jit = {"ignore_warnings": ignore_warnings, "jit_options": jit_options}
+        self._compiled = {}
+        return self
+
+    def _compiled_loss(self, model: Callable, guide: Callable, args: tuple, kwargs: dict):
+        import pyro.ops.jit
+
+        shapes = tuple(
+            (tuple(a.shape), a.dtype, a.device) if isinstance(a, torch.Tensor) else None
+            for a in args
+        )
+        key = (model, guide, shapes)
+        compiled = self._compiled.get(key)
+        if compiled is None:
+
+            def loss_fn(*args: Any, **kwargs: Any) -> torch.Tensor:
+                surrogate = self.surrogate(model, guide, *args, **kwargs).surrogate
+                return self._sign() * surrogate
+
+            compiled = pyro.ops.jit.trace(loss_fn, **self._jit)
+            self._compiled[key] = compiled
+        return compiled
 
     # -- the program ------------------------------------------------------------------------
     def program(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> Any:
@@ -86,6 +123,8 @@ class Objective(pyro.infer.ELBO):
         self, model: Callable, guide: Callable, *args: Any, **kwargs: Any
     ) -> torch.Tensor:
         """A tensor with the loss's value and an unbiased estimate of its gradient."""
+        if self._jit is not None:
+            return self._compiled_loss(model, guide, args, kwargs)(*args, **kwargs)
         return self._sign() * self.surrogate(model, guide, *args, **kwargs).surrogate
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
