@@ -1,9 +1,18 @@
 """Time-series benchmarks (sine, stocks, energy), preprocessing, and post-hoc scores.
 
-See :mod:`pplx.timeseries.data` and :mod:`pplx.timeseries.metrics`; the Koopman VAE that
-generates such series is :class:`pplx.models.KoopmanVAE`.
+See :mod:`pplx.timeseries.data`, :mod:`pplx.timeseries.metrics` and
+:mod:`pplx.timeseries.cde` (cubic splines and a neural-CDE encoder for irregular series); the
+Koopman VAE that generates such series is :class:`pplx.models.KoopmanVAE`.
 """
 
+from pplx.timeseries.cde import (
+    CDEEncoder,
+    CubicCoeffs,
+    NeuralCDE,
+    natural_cubic_coeffs,
+    spline_derivative,
+    spline_evaluate,
+)
 from pplx.timeseries.data import (
     MinMaxScaler,
     drop_time_rows,
@@ -17,15 +26,21 @@ from pplx.timeseries.data import (
 from pplx.timeseries.metrics import Score, discriminative_score, predictive_score
 
 __all__ = [
+    "CDEEncoder",
+    "CubicCoeffs",
     "MinMaxScaler",
+    "NeuralCDE",
     "Score",
     "discriminative_score",
     "drop_time_rows",
     "load_energy",
     "load_stocks",
     "minmax_scale",
+    "natural_cubic_coeffs",
     "pad_sequences",
     "predictive_score",
     "sine_data",
     "sliding_windows",
+    "spline_derivative",
+    "spline_evaluate",
 ]
