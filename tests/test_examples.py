@@ -24,6 +24,7 @@ EXAMPLES = {
     "custom_objective.py": ["--quick"],
     "koopman_vae.py": ["--quick", "--out", "{out}"],
     "hurst_estimation.py": ["--quick", "--out", "{out}"],
+    "latent_video_sde.py": ["--quick", "--out", "{out}"],
 }
 
 

@@ -55,6 +55,11 @@ class Objective(pyro.infer.ELBO):
         through ``*args`` and non-tensors through ``**kwargs``, and nothing the program does
         depends on tensor *values* in Python. Stateful baselines (moving averages) are frozen
         at their value during tracing, which keeps the gradient unbiased.
+
+        It pays off for programs with few sites and large tensors (a VAE step runs at 0.7-0.9x
+        hand-written PyTorch); programs with many sites, such as an SDE with one site per time
+        step, trace to graphs that TorchScript runs much *slower* than eager mode: measure
+        before compiling those.
         """
         self._jit = {"ignore_warnings": ignore_warnings, "jit_options": jit_options}
         self._compiled = {}

@@ -37,6 +37,7 @@ from pplx.processes.sde import (
     gaussian_condition,
 )
 from pplx.processes.special import gammainc, gammaincc, gammaincc_scaled
+from pplx.processes.video import LatentVideoSDE, moving_digits
 
 __all__ = [
     "KINDS",
@@ -56,4 +57,6 @@ __all__ = [
     "mvn_variance",
     "sample_fbm",
     "sample_ma_fbm",
+    "LatentVideoSDE",
+    "moving_digits",
 ]
