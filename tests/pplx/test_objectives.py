@@ -18,17 +18,43 @@ import itertools
 import math
 import re
 
-import numpy as np
 import pyro
 import pyro.distributions as dist
-import pyro.poutine as poutine
 import pytest
 import torch
+from helpers.estimation import (
+    F64,
+    INITS_B,
+    INITS_C,
+    INITS_N,
+    LOG_2PI,
+    MU_C,
+    PRIOR_B,
+    PRIOR_C,
+    X_B,
+    X_C,
+    X_N,
+    assert_unbiased,
+    bernoulli_guide,
+    bernoulli_model,
+    categorical_guide,
+    categorical_model,
+    exact_loss_and_grad,
+    gauss_hermite,
+    gradient_samples,
+    init_params,
+    linear_baseline,
+    normal_guide,
+    normal_model,
+    t,
+)
+from helpers.estimation import (
+    logmeanexp as lme,
+)
 from pyro.distributions import constraints
-from torch.distributions import transform_to
 
 import pplx.objectives as po
-from pplx.estimators import MVD, Enumerate, Learned, Reinforce, StrategyError
+from pplx.estimators import MVD, Enumerate, Reinforce, StrategyError
 from pplx.inference import SVI
 from pplx.objectives import (
     CUBO,
@@ -45,88 +71,6 @@ from pplx.objectives import (
     objective,
     simulate,
 )
-
-F64 = torch.float64
-LOG_2PI = math.log(2 * math.pi)
-
-
-def t(*values):
-    """A float64 tensor (a scalar for one value)."""
-    return torch.tensor(values[0] if len(values) == 1 else values, dtype=F64)
-
-
-# ------------------------------------------------------------------------------------ helpers
-
-
-def init_params(model, guide, *args):
-    """Create the guide's and the model's parameters (one blocked run of each)."""
-    with poutine.block():
-        guide_trace = poutine.trace(guide).get_trace(*args)
-        poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
-
-
-def gradient_samples(objective_, model, guide, names, num, *args):
-    """``num`` independent (loss value, loss gradient) estimates (unconstrained parameters)."""
-    init_params(model, guide, *args)
-    leaves = [pyro.param(name).unconstrained() for name in names]
-    values, grads = [], []
-    for _ in range(num):
-        loss = objective_.differentiable_loss(model, guide, *args)
-        grad = torch.autograd.grad(loss, leaves, allow_unused=True)
-        grads.append(
-            torch.cat(
-                [
-                    (g if g is not None else torch.zeros_like(leaf)).reshape(-1)
-                    for g, leaf in zip(grad, leaves)
-                ]
-            )
-        )
-        values.append(loss.detach())
-    return torch.stack(values), torch.stack(grads)
-
-
-def exact_loss_and_grad(loss_fn, inits):
-    """``loss_fn(**constrained)`` and its gradient in the unconstrained parameters."""
-    leaves = {
-        name: transform_to(c).inv(v.to(F64)).detach().requires_grad_()
-        for name, (v, c) in inits.items()
-    }
-    values = {name: transform_to(inits[name][1])(leaf) for name, leaf in leaves.items()}
-    loss = loss_fn(**values)
-    grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-    flat = torch.cat(
-        [
-            (g if g is not None else torch.zeros_like(leaf)).reshape(-1)
-            for g, leaf in zip(grads, leaves.values())
-        ]
-    )
-    return loss.detach(), flat
-
-
-def assert_unbiased(samples, exact, atol=1e-9, num_se=4.0):
-    """|mean - exact| < num_se * SE + atol for every coordinate."""
-    samples = samples.reshape(samples.shape[0], -1)
-    exact = torch.as_tensor(exact, dtype=F64).reshape(-1)
-    mean = samples.mean(0)
-    se = samples.std(0) / math.sqrt(samples.shape[0])
-    ok = (mean - exact).abs() <= num_se * se + atol
-    assert bool(ok.all()), f"mean {mean.tolist()} vs exact {exact.tolist()} (SE {se.tolist()})"
-
-
-def lme(x):
-    return torch.logsumexp(x, -1) - math.log(x.shape[-1])
-
-
-def gauss_hermite(num_nodes, dims):
-    """Nodes ``(P, dims)`` and weights ``(P,)`` integrating against a standard normal."""
-    x, w = np.polynomial.hermite_e.hermegauss(num_nodes)
-    x, w = torch.tensor(x, dtype=F64), torch.tensor(w / w.sum(), dtype=F64)
-    nodes = torch.stack([g.reshape(-1) for g in torch.meshgrid(*[x] * dims, indexing="ij")], -1)
-    weights = torch.stack(
-        [g.reshape(-1) for g in torch.meshgrid(*[w] * dims, indexing="ij")], -1
-    ).prod(-1)
-    return nodes, weights
-
 
 # The objectives as reductions of the log weights (last dimension: particles), with the sign
 # of their loss: -1 for lower bounds, +1 for CUBO (which SVI minimises as is).
@@ -153,26 +97,7 @@ def make_objective(kind, num_particles):
 # z ~ Bernoulli(0.4), x ~ N(-0.5 + delta z, 1) (model parameter delta); guide Bernoulli(p).
 # With K particles every objective is a finite sum over the 2^K configurations.
 
-X_B = t(1.2)
-PRIOR_B = 0.4
-INITS_B = {"p": (t(0.3), constraints.unit_interval), "delta": (t(0.7), constraints.real)}
 K_B = 3
-
-
-def bernoulli_model(x):
-    delta = pyro.param("delta", INITS_B["delta"][0])
-    z = pyro.sample("z", dist.Bernoulli(t(PRIOR_B)))
-    pyro.sample("x", dist.Normal(-0.5 + delta * z, 1.0), obs=x)
-
-
-def bernoulli_guide(strategy=None):
-    infer = {} if strategy is None else {"estimator": strategy}
-
-    def guide(x):
-        p = pyro.param("p", INITS_B["p"][0], constraint=constraints.unit_interval)
-        pyro.sample("z", dist.Bernoulli(p), infer=infer)
-
-    return guide
 
 
 def bernoulli_log_pq(z, p, delta):
@@ -196,10 +121,6 @@ def bernoulli_loss(kind, num_particles):
         return sign * (log_q.sum(-1).exp() * reduce(log_p - log_q)).sum()
 
     return loss_fn
-
-
-def linear_baseline():
-    return Learned(torch.nn.Linear(1, 1).double(), inputs=lambda x: (x.reshape(1),))
 
 
 STRATEGIES = {
@@ -271,24 +192,6 @@ def test_enumerate_gives_the_exact_elbo_value():
 # ------------------------------------------------------------------ Categorical particles
 # z ~ Categorical(0.2, 0.5, 0.3), x ~ N(mu_z, 1); guide Categorical(probs): 3^K configurations.
 
-X_C = t(1.3)
-MU_C = t(-1.0, 0.5, 2.0)
-PRIOR_C = t(0.2, 0.5, 0.3)
-INITS_C = {"probs": (t(0.5, 0.2, 0.3), constraints.simplex)}
-
-
-def categorical_model(x):
-    z = pyro.sample("z", dist.Categorical(PRIOR_C))
-    pyro.sample("x", dist.Normal(MU_C[z], 1.0), obs=x)
-
-
-def categorical_guide(strategy):
-    def guide(x):
-        probs = pyro.param("probs", INITS_C["probs"][0], constraint=constraints.simplex)
-        pyro.sample("z", dist.Categorical(probs), infer={"estimator": strategy})
-
-    return guide
-
 
 @pytest.mark.parametrize("strategy", [MVD(), Reinforce()], ids=["mvd", "reinforce"])
 def test_iwae_with_categorical_particles_unbiased(strategy):
@@ -314,30 +217,7 @@ def test_iwae_with_categorical_particles_unbiased(strategy):
 # objectives are integrals over K standard normals, done by Gauss-Hermite quadrature (20 nodes
 # per dimension; the values agree with 40 nodes to 1e-12).
 
-X_N = t(1.5)
-INITS_N = {
-    "m": (t(0.3), constraints.real),
-    "s": (t(0.8), constraints.positive),
-    "w": (t(0.8), constraints.real),
-}
 K_N = 3
-
-
-def normal_model(x):
-    w = pyro.param("w", INITS_N["w"][0])
-    z = pyro.sample("z", dist.Normal(t(0.0), 1.0))
-    pyro.sample("x", dist.Normal(w * z, 1.0), obs=x)
-
-
-def normal_guide(strategy=None):
-    infer = {} if strategy is None else {"estimator": strategy}
-
-    def guide(x):
-        m = pyro.param("m", INITS_N["m"][0])
-        s = pyro.param("s", INITS_N["s"][0], constraint=constraints.positive)
-        pyro.sample("z", dist.Normal(m, s), infer=infer)
-
-    return guide
 
 
 def normal_loss(kind, num_particles, nodes=20):
