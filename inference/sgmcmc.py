@@ -270,19 +270,34 @@ class SGLD:
         noise = torch.randn_like(state.position)
         return state.position + 0.5 * step_size * grad + math.sqrt(step_size) * noise
 
-    def step(self, state: SGMCMCState, *args: Any, **kwargs: Any) -> SGMCMCState:
-        """One update of every chain (``state`` is updated in place and returned)."""
-        potential = self.potential(*args, **kwargs)
+    def evaluate(
+        self, potential: Potential, points: torch.Tensor, step: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log density and gradient at ``points`` (rows).
+
+        After the first step, a model that fails to evaluate means the chains have diverged,
+        and the error says so.
+        """
         try:
-            log_p, grad = potential.value_and_grad(state.position)
+            return potential.value_and_grad(points)
         except (ValueError, RuntimeError) as error:
-            if state.step == 0:
+            if step == 0:
                 raise
             raise FloatingPointError(
-                f"{self.name}: evaluating the model failed at step {state.step} "
+                f"{self.name}: evaluating the model failed at step {step} "
                 f"({type(error).__name__}); the chains have most likely diverged to values "
                 "where a distribution is no longer defined. Lower the step size."
             ) from error
+
+    def gradient(
+        self, state: SGMCMCState, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log density ``(C,)`` and its gradient ``(C, D)`` at the chains' positions."""
+        return self.evaluate(self.potential(*args, **kwargs), state.position, state.step)
+
+    def step(self, state: SGMCMCState, *args: Any, **kwargs: Any) -> SGMCMCState:
+        """One update of every chain (``state`` is updated in place and returned)."""
+        log_p, grad = self.gradient(state, *args, **kwargs)
         if not torch.isfinite(grad).all():
             bad = int((~torch.isfinite(grad).all(-1)).sum())
             raise FloatingPointError(

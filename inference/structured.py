@@ -462,38 +462,13 @@ class _Structured:
             points = torch.cat([state.position, rows])
         else:
             points = state.position
-        try:
-            log_p, grad = potential.value_and_grad(points)
-        except (ValueError, RuntimeError) as error:
-            if state.step == 0:
-                raise
-            raise FloatingPointError(
-                f"{self.name}: evaluating the model failed at step {state.step} "
-                f"({type(error).__name__}); the chains have most likely diverged to values "
-                "where a distribution is no longer defined. Lower the step size."
-            ) from error
+        log_p, grad = self.evaluate(potential, points, state.step)  # type: ignore[attr-defined]
         combined = fold(grad[chains:]) if structured else grad
         return log_p[:chains], combined
 
     def step(self, state: SGMCMCState, *args: Any, **kwargs: Any) -> SGMCMCState:
-        """One structured update of every chain (``state`` is updated in place and returned)."""
-        log_p, grad = self.gradient(state, *args, **kwargs)
-        if not torch.isfinite(grad).all():
-            bad = int((~torch.isfinite(grad).all(-1)).sum())
-            raise FloatingPointError(
-                f"{self.name}: non-finite gradient in {bad} chain(s) at step {state.step}; "
-                "lower the step size or initialise closer to the posterior."
-            )
-        step_size = float(self.schedule(state.step))  # type: ignore[attr-defined]
-        if not step_size > 0:
-            raise ValueError(
-                f"{self.name}: the step-size schedule gave {step_size} at step {state.step}"
-            )
-        state.previous = state.position
-        state.position = self.update(state, grad, step_size).detach()  # type: ignore[attr-defined]
-        state.log_density = log_p.detach()
-        state.step_size = step_size
-        state.step += 1
+        """One structured update of every chain, then the buffer (in place; returned)."""
+        super().step(state, *args, **kwargs)  # type: ignore[misc]  # SGLD.step -> gradient
         self._store(state)
         return state
 
