@@ -15,8 +15,14 @@ from typing import Any
 import pyro.infer
 import torch
 
-from pplx.objectives.program import Execution, Terms, plate_nesting_of
-from pplx.objectives.transform import Surrogate, _as_estimate, _weighted, build_surrogate
+from pplx.objectives.program import Terms, plate_nesting_of
+from pplx.objectives.transform import (
+    Surrogate,
+    build_surrogate,
+    estimate_value,
+    primal_run,
+    weighted_terms,
+)
 
 
 class Objective(pyro.infer.ELBO):
@@ -104,14 +110,11 @@ class Objective(pyro.infer.ELBO):
     def estimate(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         """One estimate of the objective, without gradients."""
         nesting = self.plate_nesting(model, guide, args, kwargs)
-        ex = Execution(self.num_particles, nesting)
-        with ex, torch.no_grad():
-            out = _as_estimate(self.program(model, guide, *args, **kwargs), ex)
-            if isinstance(out, Terms):
-                value = sum(_weighted(t, h, ex).sum() for t, h, _ in out.items)
-            else:
-                value = out.value
-        return float(value)
+        program = functools.partial(self.program, model, guide, *args, **kwargs)
+        with torch.no_grad():
+            out, ex = primal_run(program, self.num_particles, nesting)
+            weighted = weighted_terms(out, ex) if isinstance(out, Terms) else []
+            return float(estimate_value(out, weighted))
 
     # -- Pyro's ELBO interface --------------------------------------------------------------
     def _get_trace(self, model, guide, args, kwargs):  # Pyro's abstract hook; unused here

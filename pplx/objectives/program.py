@@ -109,6 +109,7 @@ class Execution:
         self.primal = primal
         self.forced = forced
         self.sites: list[SiteRecord] = []
+        self.by_key: dict[tuple[int, str], SiteRecord] = {}
         self.subsamples: dict[tuple[str, int, str], torch.Tensor] = {}
         self.num_calls = 0
         self.num_density_calls = 0
@@ -122,12 +123,7 @@ class Execution:
 
     def primal_site(self, key: tuple[int, str]) -> SiteRecord | None:
         """The primal run's record of a site."""
-        if self.primal is None:
-            return None
-        for record in self.primal.sites:
-            if record.key == key:
-                return record
-        return None
+        return None if self.primal is None else self.primal.by_key.get(key)
 
     def __enter__(self) -> Execution:
         _STACK.append(self)
@@ -595,6 +591,7 @@ def simulate(
             enum_dim=site["infer"].get("_enumerate_dim"),
         )
         ex.sites.append(record)
+        ex.by_key[record.key] = record
         records.append(record)
         items.append((site["log_prob"], record.index, record.index))
         values[name] = site["value"]
@@ -734,13 +731,6 @@ def plate_nesting_of(*programs: tuple[Callable, tuple, dict]) -> int:
             replay_from = replay_from or trace
             traces.append(trace)
     return max_plate_nesting(*traces)
-
-
-def param_names(fn: Callable, *args: Any, **kwargs: Any) -> list[str]:
-    """Names of the parameters ``fn`` touches (for the gradient-variance diagnostics)."""
-    with poutine.trace(param_only=True) as tracer:
-        fn(*args, **kwargs)
-    return [name for name, site in tracer.trace.nodes.items() if site["type"] == "param"]
 
 
 __all__ = [

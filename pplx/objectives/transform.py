@@ -234,6 +234,35 @@ def _mvd_term(
     return total
 
 
+def primal_run(
+    program: Callable[[], Any], num_particles: int, plate_nesting: int
+) -> tuple[Terms | Estimate, Execution]:
+    """Run ``program`` once, sampling fresh values: its output and bookkeeping."""
+    ex = Execution(num_particles, plate_nesting)
+    with ex:
+        out = _as_estimate(program(), ex)
+    return out, ex
+
+
+def weighted_terms(out: Terms, ex: Execution) -> list[tuple[torch.Tensor, int]]:
+    """The cost terms of a linear objective, weighted by their enumerated probabilities."""
+    weighted = []
+    for tensor, horizon, origin in out.items:
+        if origin >= 0 and isinstance(ex.sites[origin].strategy, MVD):
+            # The direct derivative of an MVD site's own log q (its value is detached) has
+            # expectation zero; the weak derivative already accounts for the site's law.
+            tensor = tensor.detach()
+        weighted.append((_weighted(tensor, horizon, ex), horizon))
+    return weighted
+
+
+def estimate_value(out: Terms | Estimate, weighted: list[tuple[torch.Tensor, int]]):
+    """The objective's estimate: the sum of the weighted terms, or the program's value."""
+    if isinstance(out, Terms):
+        return sum(t.sum() for t, _ in weighted)
+    return out.value
+
+
 def build_surrogate(
     program: Callable[[], Any],
     num_particles: int,
@@ -251,25 +280,11 @@ def build_surrogate(
         args: The objective's arguments (handed to learned baselines).
         kwargs: The objective's keyword arguments.
     """
-    ex = Execution(num_particles, plate_nesting)
-    with ex:
-        out = _as_estimate(program(), ex)
+    out, ex = primal_run(program, num_particles, plate_nesting)
     particle_dim = -(plate_nesting + 1)
-    zero = None
-    if isinstance(out, Terms):
-        weighted = []
-        for tensor, horizon, origin in out.items:
-            if origin >= 0 and isinstance(ex.sites[origin].strategy, MVD):
-                # The direct derivative of an MVD site's own log q (its value is detached) has
-                # expectation zero; the weak derivative already accounts for the site's law.
-                tensor = tensor.detach()
-            weighted.append((_weighted(tensor, horizon, ex), horizon))
-        value = sum(t.sum() for t, _ in weighted)
-        linear = True
-    else:
-        value = out.value
-        weighted = []
-        linear = False
+    linear = isinstance(out, Terms)
+    weighted = weighted_terms(out, ex) if linear else []
+    value = estimate_value(out, weighted)
     surrogate = value
     zero = torch.zeros((), dtype=value.dtype, device=value.device)
     ctx = BaselineContext(num_particles, particle_dim, linear, tuple(args), dict(kwargs or {}))
