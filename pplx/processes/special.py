@@ -201,16 +201,25 @@ def _to_compute(t: torch.Tensor) -> torch.Tensor:
 
 
 class _Gammainc(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """:math:`P(a, x)`, differentiable in both arguments.
+
+    :math:`Q = 1 - P` shares the backward, with the opposite ``sign``.
+    """
+
+    sign = 1.0
+    compute = staticmethod(torch.special.gammainc)
+
+    @classmethod
+    def forward(cls, ctx, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(a, x)
-        return torch.special.gammainc(_to_compute(a), _to_compute(x)).to(a.dtype)
+        ctx.sign = cls.sign
+        return cls.compute(_to_compute(a), _to_compute(x)).to(a.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         a, x = ctx.saved_tensors
-        a64, x64, g64 = _to_compute(a), _to_compute(x), _to_compute(grad)
+        a64, x64, g64 = _to_compute(a), _to_compute(x), ctx.sign * _to_compute(grad)
         grad_a = grad_x = None
         if ctx.needs_input_grad[0]:
             grad_a = (g64 * _derivatives(a64, x64)[1]).to(a.dtype)
@@ -219,23 +228,11 @@ class _Gammainc(torch.autograd.Function):
         return grad_a, grad_x
 
 
-class _Gammaincc(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(a, x)
-        return torch.special.gammaincc(_to_compute(a), _to_compute(x)).to(a.dtype)
+class _Gammaincc(_Gammainc):
+    """:math:`Q(a, x)` computed directly (accurate where :math:`P` is close to 1)."""
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        a, x = ctx.saved_tensors
-        a64, x64, g64 = _to_compute(a), _to_compute(x), _to_compute(grad)
-        grad_a = grad_x = None
-        if ctx.needs_input_grad[0]:
-            grad_a = (-g64 * _derivatives(a64, x64)[1]).to(a.dtype)
-        if ctx.needs_input_grad[1]:
-            grad_x = (-g64 * _dlower_dx(a64, x64)).to(x.dtype)
-        return grad_a, grad_x
+    sign = -1.0
+    compute = staticmethod(torch.special.gammaincc)
 
 
 class _GammainccScaled(torch.autograd.Function):
