@@ -18,9 +18,10 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import pytest
 import torch
+from helpers.models import lower_cholesky_model
 from pyro.distributions import constraints
 from torch.autograd.functional import jacobian
-from torch.distributions import biject_to, transform_to
+from torch.distributions import biject_to
 from torch.distributions.transforms import SoftplusTransform
 
 from pplx.inference import ModelError, Potential
@@ -465,30 +466,6 @@ def test_the_rewrite_the_broadcast_error_suggests_is_accepted():
     z = torch.randn(4, 3, dtype=D64)
     expected = torch.stack([log_joint_one(regression_elementwise, {"w": w}, X3, Y10) for w in z])
     torch.testing.assert_close(potential.log_density(z), expected, rtol=1e-12, atol=1e-12)
-
-
-class LowerCholeskyPrior(dist.TorchDistribution):
-    """A minimal distribution on lower-triangular matrices with positive diagonal."""
-
-    support = constraints.lower_cholesky
-    arg_constraints: dict = {}
-
-    def __init__(self, dim: int, batch_shape=()):
-        super().__init__(torch.Size(batch_shape), torch.Size([dim, dim]), validate_args=False)
-
-    def expand(self, batch_shape, _instance=None):
-        return LowerCholeskyPrior(self.event_shape[-1], batch_shape)
-
-    def sample(self, sample_shape=()):
-        shape = torch.Size(sample_shape) + self.batch_shape + self.event_shape
-        return transform_to(constraints.lower_cholesky)(torch.randn(shape, dtype=D64))
-
-    def log_prob(self, value):
-        return -0.5 * (value**2).sum((-1, -2))
-
-
-def lower_cholesky_model():
-    pyro.sample("scale_tril", LowerCholeskyPrior(3))
 
 
 def test_support_without_bijection_raises_model_error_naming_the_site():
