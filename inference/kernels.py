@@ -30,18 +30,37 @@ Bandwidth = float | str | Callable[[int], float]
 
 def squared_distances(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
     """Pairwise squared Euclidean distances ``(n, m)``, clamped at zero."""
+    x_sq = (x * x).sum(-1)
+    y_sq = x_sq if y is None else (y * y).sum(-1)
     y = x if y is None else y
-    d2 = (x * x).sum(-1, keepdim=True) - 2 * x @ y.T + (y * y).sum(-1)
-    return d2.clamp_min(0.0)
+    # |x|^2 + |y|^2 - 2 x.y in one fused multiply-add
+    d2 = torch.addmm(x_sq.unsqueeze(-1) + y_sq, x, y.T, alpha=-2.0)
+    return d2.clamp_min_(0.0)
+
+
+_UPPER: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+
+def _upper_triangle(n: int, device: torch.device) -> torch.Tensor:
+    """Flat indices of the strict upper triangle of an ``(n, n)`` matrix (cached)."""
+    key = (n, device)
+    if key not in _UPPER:
+        rows, cols = torch.triu_indices(n, n, offset=1, device=device)
+        _UPPER[key] = rows * n + cols
+    return _UPPER[key]
 
 
 def _median(d2: torch.Tensor) -> torch.Tensor:
+    """Median of the off-diagonal entries of a symmetric ``d2`` (1 where that is 0).
+
+    Each off-diagonal value appears twice, so the lower median of the strict upper triangle
+    equals the lower median of all off-diagonal entries, at half the cost.
+    """
     n = d2.shape[0]
     if n < 2:
         return d2.new_ones(())
-    off_diagonal = d2[~torch.eye(n, dtype=torch.bool, device=d2.device)]
-    med = off_diagonal.median()
-    return torch.where(med > 0, med, d2.new_ones(()))
+    med = d2.reshape(-1).take(_upper_triangle(n, d2.device)).median()
+    return torch.where(med > 0, med, 1.0)
 
 
 class Kernel:
@@ -145,6 +164,28 @@ class RBFKernel(Kernel):
         """One exponential for both: :math:`k` and :math:`-k / h`."""
         kmat = torch.exp(-d2 / h)
         return kmat, -kmat / h
+
+    def stein_direction(
+        self, x: torch.Tensor, score: torch.Tensor, step: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""The SVGD direction, with one matrix product for both sums.
+
+        Since :math:`\partial k / \partial (d^2) = -k / h` and :math:`K` is symmetric,
+
+        .. math::
+
+            \phi = \frac1n \left[K (S - c X) + c X \odot (K \mathbf{1})\right],
+            \qquad c = 2 / h,
+
+        with the scores :math:`S` and particles :math:`X` as rows.
+        """
+        d2 = squared_distances(x)
+        h = self.resolve_bandwidth(d2, step)
+        kmat = torch.exp(d2.div_(-h))
+        c = 2.0 / h
+        cx = x * c
+        phi = torch.addcmul(kmat @ (score - cx), cx, kmat.sum(-1, keepdim=True))
+        return phi.div_(x.shape[0]), h
 
 
 class IMQKernel(Kernel):

@@ -10,13 +10,16 @@ sites through Pyro's bijections (``biject_to(site.support)``) and evaluates
 
 for all particles in *one* execution of the model, with a particle plate left of the model's
 own plates. The model is traced once up front to learn the sites, their shapes and supports;
-optionally (``jit=True``) the whole evaluation is compiled with the PyTorch tracer, so later
-calls do not run the Python model at all.
+optionally (``jit=True``) the evaluation and its gradient are captured once as a graph of ATen
+operations (:func:`~pplx.inference.capture.capture`), so later calls run neither the Python
+model nor Pyro's handlers nor autograd's bookkeeping.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,7 +29,9 @@ import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import Transform, biject_to
+from torch.distributions.transforms import ComposeTransform, IndependentTransform
 
+from pplx.inference.capture import CaptureError, capture
 from pplx.inference.validation import ModelError, check_model, latent_site_names, trace_or_explain
 from pplx.traces import (
     SiteInfo,
@@ -37,6 +42,13 @@ from pplx.traces import (
     to_particle_layout,
     vectorized_trace,
 )
+
+
+def _is_identity(transform: Transform) -> bool:
+    """Whether ``transform`` is the identity (so its log-Jacobian is zero)."""
+    while isinstance(transform, IndependentTransform):
+        transform = transform.base_transform
+    return isinstance(transform, ComposeTransform) and not transform.parts
 
 
 @dataclass(frozen=True)
@@ -103,9 +115,11 @@ class Potential:
         transforms: Optional site name to ``Transform`` (unconstrained -> support) overriding
             ``biject_to(support)``.
         engine: Engine name for error messages.
-        jit: Compile the evaluation with ``torch.jit.trace`` (one compilation per number of
-            particles). Minibatch indices are inputs of the compiled function, so models that
-            subsample their data get a fresh minibatch at every call.
+        jit: Capture the evaluation (and, for :meth:`value_and_grad`, its gradient) once per
+            particle shape as a graph of ATen operations and replay it. Minibatch indices are
+            inputs of the graph, so models that subsample their data get a fresh minibatch at
+            every call. Like ``torch.jit.trace``, capture fixes Python control flow; a model
+            that cannot be captured falls back to eager evaluation with a warning.
         check_vectorized: Compare one vectorized evaluation against per-particle evaluations
             and name the first site that does not broadcast over particles.
 
@@ -187,21 +201,28 @@ class Potential:
     # ------------------------------------------------------------------ packing
     def unpack(self, z: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Constrained site values ``site -> (P, *shape)`` and ``log|det J|`` of shape ``(P,)``."""
+        values, log_jac = self._unpack(z)
+        return values, z.new_zeros(z.shape[0]) if log_jac is None else log_jac
+
+    def _unpack(self, z: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """:meth:`unpack` with ``None`` for a Jacobian that is identically zero."""
         if z.dim() != 2 or z.shape[-1] != self.dim:
             raise ValueError(
                 f"{self.engine}: particles must have shape (num_particles, {self.dim}), "
                 f"got {tuple(z.shape)}"
             )
         num = z.shape[0]
-        values, log_jac = {}, z.new_zeros(num)
+        values, log_jac = {}, None
         for block in self.blocks:
             u = z[:, block.offset : block.offset + block.size].reshape(
                 (num,) + tuple(block.unconstrained_shape)
             )
             x = block.transform(u)
-            ldj = block.transform.log_abs_det_jacobian(u, x)
-            log_jac = log_jac + per_particle_sum(ldj, num)
             values[block.name] = x
+            if _is_identity(block.transform):
+                continue
+            ldj = per_particle_sum(block.transform.log_abs_det_jacobian(u, x), num)
+            log_jac = ldj if log_jac is None else log_jac + ldj
         return values, log_jac
 
     def pack(self, values: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -252,38 +273,64 @@ class Potential:
         ]
 
     def _log_density_eager(self, z: torch.Tensor, *indices: torch.Tensor) -> torch.Tensor:
-        values, log_jac = self.unpack(z)
+        values, log_jac = self._unpack(z)
         minibatch = dict(zip(self.subsample_plates, indices))
-        terms = self._log_joint_terms(values, z.shape[0], minibatch)
-        return torch.stack(list(terms.values())).sum(0) + log_jac
+        terms = list(self._log_joint_terms(values, z.shape[0], minibatch).values())
+        if log_jac is not None:
+            terms.append(log_jac)
+        return functools.reduce(operator.add, terms)
 
     def log_density(self, z: torch.Tensor) -> torch.Tensor:
         """Unnormalised log posterior density of each particle (unconstrained space): ``(P,)``.
 
         For a model that subsamples its data this is the minibatch estimate Pyro's plates
-        give (likelihood scaled by ``N / B``), with a fresh minibatch at every call.
+        give (likelihood scaled by ``N / B``), with a fresh minibatch at every call. The result
+        is differentiable in ``z`` (captured graphs replay differentiable ATen operations).
         """
         indices = self._draw_minibatch()
-        if not self._jit:
-            return self._log_density_eager(z, *indices)
-        key = (tuple(z.shape), z.dtype, z.device)
-        fn = self._compiled.get(key)
-        if fn is None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                fn = torch.jit.trace(
-                    self._log_density_eager, (z.detach(), *indices), check_trace=False
-                )
-            self._compiled[key] = fn
+        fn = self._captured("log_density", self._log_density_eager, z, indices)
         return fn(z, *indices)
+
+    def _value_and_grad_eager(
+        self, z: torch.Tensor, *indices: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.enable_grad():
+            z = z.detach().requires_grad_(True)
+            log_p = self._log_density_eager(z, *indices)
+            (grad,) = torch.autograd.grad(log_p.sum(), z)
+        return log_p.detach(), grad
 
     def value_and_grad(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Log density ``(P,)`` and its gradient ``(P, D)`` with respect to the particles."""
-        with torch.enable_grad():
-            z = z.detach().requires_grad_(True)
-            log_p = self.log_density(z)
-            (grad,) = torch.autograd.grad(log_p.sum(), z)
-        return log_p.detach(), grad
+        indices = self._draw_minibatch()
+        fn = self._captured("value_and_grad", self._value_and_grad_eager, z, indices)
+        if fn is self._value_and_grad_eager:
+            return fn(z, *indices)
+        with torch.no_grad():  # the graph holds the backward pass already
+            return fn(z.detach(), *indices)
+
+    def _captured(
+        self, what: str, eager: Callable, z: torch.Tensor, indices: list[torch.Tensor]
+    ) -> Callable:
+        """``eager``, or (``jit=True``) its graph captured for this shape, dtype and device."""
+        if not self._jit:
+            return eager
+        key = (what, tuple(z.shape), z.dtype, z.device)
+        fn = self._compiled.get(key)
+        if fn is None:
+            try:
+                fn = capture(eager, z.detach(), *indices)
+            except CaptureError as error:
+                warnings.warn(
+                    f"{self.engine}: jit=True could not capture the model: {error}. Evaluating "
+                    "it eagerly instead; models that compute with tensor operations only "
+                    "(no .item(), no Python branches on values) can be captured.",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+                fn = eager
+            self._compiled[key] = fn
+        return fn
 
     # ------------------------------------------------------------------ set-up helpers
     def init_particles(

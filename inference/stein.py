@@ -240,19 +240,19 @@ class SVGD:
         with torch.no_grad():
             x = state.particles.detach()
         phi, bandwidth = self.direction(potential, x, state.step)
-        if not torch.isfinite(phi).all():
+        phi = phi.detach()
+        mean_norm = float(phi.norm(dim=-1).mean())  # non-finite if any entry of phi is
+        if not math.isfinite(mean_norm):
             raise FloatingPointError(
                 f"{self.name}: the Stein direction became non-finite at step {state.step}; "
                 "lower the learning rate or start the particles closer to the posterior."
             )
-        state.optimizer.zero_grad(set_to_none=True)
-        state.particles.grad = -phi.to(state.particles)
+        state.particles.grad = phi.neg().to(state.particles)
         state.optimizer.step()
         state.step += 1
         state.bandwidths.append(float(bandwidth))
-        norms = phi.norm(dim=-1)
-        state.step_norms.append(float(norms.mean()))
-        state.last_direction = phi.detach()
+        state.step_norms.append(mean_norm)
+        state.last_direction = phi
         return state
 
     def samples(self, state: SteinState, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
