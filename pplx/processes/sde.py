@@ -16,34 +16,44 @@ with the weights :math:`\omega = \omega(H)` of :func:`~pplx.processes.fbm.fbm_we
 (differentiable in the Hurst index :math:`H`). The **prior** (:meth:`FractionalSDE.model`)
 discretises it with Euler-Maruyama on the uniform grid :math:`t_n = n \Delta t`,
 :math:`n = 0, \dots, N`: the sample sites are the initial state ``"x0"`` (and, for type I,
-the stationary start ``"y0"``) and the Brownian increments
-``"dW_0", ..., "dW_{N-1}"`` with :math:`\Delta W_n \sim \mathcal N(0, \Delta t\, I)`; the
-path is a deterministic function of them. Observations
+the stationary start ``"y0"``) and the Brownian increments, one vectorised site ``"dW"``
+of event shape ``(N, d)`` with :math:`\Delta W_n \sim \mathcal N(0, \Delta t\, I)` iid;
+the path is a deterministic function of them. Observations
 :math:`y_i \sim \mathcal N(X(\tau_i), \sigma_{\text{obs}}^2)` at arbitrary times
 :math:`\tau_i \in [0, T]` use the path linearly interpolated between grid points (site
 ``"obs"``).
 
 The **posterior** (:meth:`FractionalSDE.guide`) runs the same recursion with a control
 :math:`u` added to the driving noise,
-:math:`\Delta W_n \sim \mathcal N(u(t_n, X_n, Y_n, c)\, \Delta t,\ \Delta t\, I)`, where
-:math:`u` is a network (:class:`ControlNet`, last layer initialised to zero so that the guide
-starts at the prior) that may also see a context :math:`c` (amortisation), and the initial
-state has its own Gaussian :math:`q(x_0)`. Since guide and prior increments share the
-variance :math:`\Delta t`, the KL divergence of each step is
+:math:`\Delta W_n \sim \mathcal N(u(t_n, X_n, Y_n, c)\, \Delta t,\ s_n^2 \Delta t\, I)`,
+where :math:`u` is a network (:class:`ControlNet`, zero at initialisation so that the guide
+starts at the prior) that may also see a context :math:`c` (amortisation), :math:`s_n > 0`
+are learned per-step increment scales (initialised to 1; ``increment_scale=False`` fixes
+them), and the initial state has its own Gaussian :math:`q(x_0)`. Since :math:`u_n` depends on
+the path so far, the increments are one site ``"dW"`` whose distribution
+(:class:`ControlledIncrements`) is autoregressive: sampling draws all the standard noise at
+once and runs the recursion; the density re-runs it on given increments. The KL divergence
+of each step given the state is, per dimension,
 
 .. math::
 
-    \mathrm{KL}\big(\mathcal N(u \Delta t, \Delta t) \,\|\, \mathcal N(0, \Delta t)\big)
-    = \tfrac12 \|u\|^2 \Delta t,
+    \mathrm{KL}\big(\mathcal N(u \Delta t, s^2 \Delta t) \,\|\, \mathcal N(0, \Delta t)\big)
+    = \tfrac12 u^2 \Delta t + \tfrac12 (s^2 - 1) - \log s,
 
-and summed over the steps this is the Euler discretisation of the Girsanov term
-:math:`\mathbb E \int_0^T \frac12 \|u\|^2 dt`. The ELBO of this model/guide pair
-(:class:`pplx.objectives.ELBO` or :class:`pyro.infer.Trace_ELBO`) is therefore exactly the
+and with :math:`s_n = 1`, summed over the steps, this is the Euler discretisation of the
+Girsanov term :math:`\mathbb E \int_0^T \frac12 \|u\|^2 dt`. The ELBO of this model/guide
+pair (:class:`pplx.objectives.ELBO` or :class:`pyro.infer.Trace_ELBO`) is therefore the
 objective of Daems et al.,
 :math:`\mathbb E_q[\log p(y \mid X)] - \mathrm{KL}(q(x_0) \| p(x_0)) - \mathbb E_q\big[
 \sum_n \frac12 \|u_n\|^2 \Delta t\big]`, estimated per sample by
-:math:`\sum_n (u_n \cdot \Delta W_n - \frac12 \|u_n\|^2 \Delta t)`. The guide must be
-sequential (one site per step) because :math:`u_n` depends on the path so far.
+:math:`\sum_n (u_n \cdot \Delta W_n - \frac12 \|u_n\|^2 \Delta t)`, plus the scales'
+terms. The scales are a discrete-time correction: in continuous time a change of diffusion
+makes the path measures singular (the term :math:`\frac12 (s^2 - 1) - \log s` per step
+does not shrink with :math:`\Delta t`), so the optimum keeps :math:`s_n \approx 1` except
+on the few steps before a precise observation, where the exact posterior of the discretised
+model shrinks the increments' variance (to :math:`\Delta t (1 - h_n^2 \Delta t / v_n)` for a
+linear Gaussian bridge) and the fixed variance :math:`\Delta t` would floor the posterior
+variance there.
 
 With :math:`H = 1/2`, :math:`K = 1` and a slow speed :math:`\gamma_1 \to 0` (e.g.
 ``gammas=[1e-6]``) the weight is :math:`\omega_1 = 1` and the prior is the ordinary
@@ -63,7 +73,9 @@ from typing import NamedTuple
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro.distributions import TorchDistribution
 from torch import nn
+from torch.distributions import constraints
 
 from pplx.processes.fbm import (
     DEFAULT_GAMMA_MAX,
@@ -78,6 +90,7 @@ from pplx.processes.fbm import (
 
 __all__ = [
     "ControlNet",
+    "ControlledIncrements",
     "FractionalSDE",
     "LinearControl",
     "SDEPath",
@@ -109,11 +122,27 @@ class SDEPath(NamedTuple):
 
 
 class ControlNet(nn.Module):
-    r"""Default control :math:`u(t, X, Y, c)` of the guide: an MLP with a zero last layer.
+    r"""Default control :math:`u(t, X, Y, c)` of the guide: an MLP plus a linear feedback.
 
-    Input features are :math:`(t / T, X, Y_{1..K}, c)`; the output has the state dimension
-    :math:`d`. The last layer's weight and bias start at zero, so :math:`u \equiv 0` and the
-    guide equals the prior at initialisation.
+    Both terms are zero at initialisation.
+
+    With :math:`\tau = t / T`, time features
+    :math:`\phi(\tau) = (\tau, \sin \pi j \tau, \cos \pi j \tau)_{j = 1..m}` and
+    :math:`z = (X, Y_{1..K})`,
+
+    .. math::
+
+        u = \mathrm{MLP}(\phi(\tau), z, c)
+            + \big(G\, \phi_1(\tau)\big) \begin{pmatrix} 1 \\ z \end{pmatrix},
+        \qquad \phi_1 = (1, \phi),
+
+    where :math:`G \phi_1(\tau)` is reshaped to a :math:`d \times (1 + d(1 + K))` gain
+    matrix: an affine feedback on the state whose coefficients vary smoothly in time (the
+    form of the exact control of a linear Gaussian bridge, whose gain grows towards an
+    observation). Learning such a product through the MLP alone is slow. The MLP's last layer
+    and :math:`G` start at zero, so :math:`u \equiv 0` and the guide equals the prior at
+    initialisation. It accepts a vector of times (``time_batched``), so
+    :class:`ControlledIncrements` evaluates it along a whole given path in one call.
 
     Args:
         state_dim: :math:`d`.
@@ -122,7 +151,12 @@ class ControlNet(nn.Module):
         hidden_dim: Width of the hidden layers.
         num_layers: Number of hidden layers (>= 1).
         horizon: :math:`T`, to scale the time input to :math:`[0, 1]`.
+        time_features: Number :math:`m` of Fourier frequencies (0: the time input is
+            :math:`\tau` alone).
+        linear_feedback: Add the time-varying affine feedback term.
     """
+
+    time_batched = True
 
     def __init__(
         self,
@@ -132,13 +166,23 @@ class ControlNet(nn.Module):
         hidden_dim: int = 64,
         num_layers: int = 2,
         horizon: float = 1.0,
+        time_features: int = 4,
+        linear_feedback: bool = True,
     ) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        if time_features < 0:
+            raise ValueError(f"time_features must be >= 0, got {time_features}")
         self.context_dim = context_dim
+        self.state_dim = state_dim
         self.horizon = float(horizon)
-        in_dim = 1 + state_dim * (1 + num_processes) + context_dim
+        self.register_buffer(
+            "frequencies", math.pi * torch.arange(1, time_features + 1, dtype=torch.float32)
+        )
+        num_time = 1 + 2 * time_features
+        self.num_state = state_dim * (1 + num_processes)
+        in_dim = num_time + self.num_state + context_dim
         layers: list[nn.Module] = []
         for i in range(num_layers):
             layers += [nn.Linear(in_dim if i == 0 else hidden_dim, hidden_dim), nn.SiLU()]
@@ -146,6 +190,18 @@ class ControlNet(nn.Module):
         self.head = nn.Linear(hidden_dim, state_dim)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+        self.gain = None
+        if linear_feedback:
+            self.gain = nn.Linear(num_time, state_dim * (1 + self.num_state))
+            nn.init.zeros_(self.gain.weight)
+            nn.init.zeros_(self.gain.bias)
+
+    def time_features(self, tau: torch.Tensor) -> torch.Tensor:
+        r""":math:`\phi(\tau)`, shape ``(*tau.shape, 1 + 2 m)``."""
+        if self.frequencies.numel() == 0:
+            return tau.unsqueeze(-1)
+        angles = tau.unsqueeze(-1) * self.frequencies.to(tau.dtype)
+        return torch.cat([tau.unsqueeze(-1), angles.sin(), angles.cos()], -1)
 
     def forward(
         self,
@@ -154,16 +210,28 @@ class ControlNet(nn.Module):
         y: torch.Tensor,
         context: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Control of shape ``(*batch, d)`` for ``x`` ``(*batch, d)``, ``y`` ``(*batch, d, K)``."""
+        """Control of shape ``(*batch, d)`` for ``x`` ``(*batch, d)``, ``y`` ``(*batch, d, K)``.
+
+        With a 1-D ``t`` of :math:`N` times, ``x`` and ``y`` carry a time axis at dim ``-2``
+        (resp. ``-3``) and the context is broadcast along it (evaluation along a whole path).
+        """
         batch = x.shape[:-1]
-        feats = [(t / self.horizon).expand(*batch, 1), x, y.flatten(-2)]
+        phi = self.time_features(torch.as_tensor(t, dtype=x.dtype) / self.horizon)
+        if phi.dim() > 1 and context is not None:  # time axis
+            context = context.unsqueeze(-2)
+        z = torch.cat([x, y.flatten(-2)], -1)
+        feats = [phi.expand(*batch, phi.shape[-1]), z]
         if self.context_dim:
             if context is None:
                 raise ValueError(
                     f"this control network expects a context of size {self.context_dim}"
                 )
             feats.append(context.expand(*batch, self.context_dim))
-        return self.head(self.body(torch.cat(feats, -1)))
+        u = self.head(self.body(torch.cat(feats, -1)))
+        if self.gain is not None:
+            gain = self.gain(phi).unflatten(-1, (self.state_dim, 1 + self.num_state))
+            u = u + gain[..., 0] + (gain[..., 1:] @ z.unsqueeze(-1)).squeeze(-1)
+        return u
 
 
 class LinearControl(nn.Module):
@@ -191,9 +259,14 @@ class LinearControl(nn.Module):
         self.offset = nn.Parameter(torch.zeros(num_steps, state_dim))
         self.gain = nn.Parameter(torch.zeros(num_steps, state_dim, features))
 
+    time_batched = True
+
     def forward(self, t, x, y, context=None):  # noqa: D102
-        n = min(int(round(float(t) / self.dt)), self.num_steps - 1)
         z = torch.cat([x, y.flatten(-2)], -1)
+        if t.dim() > 0:  # a time axis at dim -2 of x (see ControlNet)
+            n = (t / self.dt).round().long().clamp(max=self.num_steps - 1)
+        else:
+            n = min(int(round(float(t) / self.dt)), self.num_steps - 1)
         return self.offset[n] + (self.gain[n] @ z.unsqueeze(-1)).squeeze(-1)
 
 
@@ -244,6 +317,10 @@ class FractionalSDE(nn.Module):
             :class:`ControlNet`).
         context_dim: Context size of the default control network.
         hidden_dim: Width of the default control network.
+        increment_scale: Learn a per-step, per-dimension scale :math:`s_n > 0` of the
+            guide's increments, :math:`\Delta W_n \sim \mathcal N(u_n \Delta t, s_n^2
+            \Delta t)` (initialised to 1, so the guide starts at the prior); ``False`` fixes
+            :math:`s_n = 1` (the pure Girsanov guide).
         name: Pyro module name.
         dtype: Floating dtype of the parameters (default: torch's default); move the module
             with ``.to(device)``.
@@ -274,6 +351,7 @@ class FractionalSDE(nn.Module):
         control: Callable | nn.Module | None = None,
         context_dim: int = 0,
         hidden_dim: int = 64,
+        increment_scale: bool = True,
         name: str = "fractional_sde",
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -329,6 +407,12 @@ class FractionalSDE(nn.Module):
         elif not callable(control):
             raise TypeError(f"control must be a callable u(t, x, y, context), got {control!r}")
         self.control = control
+        # per-step scales s_n = exp(log s_n) of the guide's increments; 1 (guide = prior) at init
+        self.log_increment_scale = (
+            nn.Parameter(torch.zeros(num_steps, state_dim, dtype=dtype))
+            if increment_scale
+            else None
+        )
 
     # -- parameters -----------------------------------------------------------------------
     @property
@@ -391,10 +475,14 @@ class FractionalSDE(nn.Module):
 
     # -- the recursion --------------------------------------------------------------------
     def _simulate(self, x0, y0, increment) -> SDEPath:
-        """Euler-Maruyama on (X, Y); ``increment(n, t, x, y)`` returns ``(dW_n, u_n)``."""
+        """Euler-Maruyama on (X, Y); ``increment(n, t, x, y)`` returns ``(dW_n, u_n)``.
+
+        ``u_n`` may be ``None`` (no control: the path's controls and Girsanov terms are zero).
+        """
         w = self.weights().to(x0.dtype)
         g = self.gammas.to(x0.dtype)
         wg, w_sum = w * g, w.sum()
+        decay = 1.0 - g * self.dt
         dt = self.dt
         x, y = x0, y0
         xs, ys, us = [x], [y], []
@@ -403,18 +491,88 @@ class FractionalSDE(nn.Module):
             d_w, u = increment(n, t, x, y)
             s = self.diffusion(x, t)
             b = self.drift(x, t)
-            x_next = x + (b - s * (y * wg).sum(-1)) * dt + s * w_sum * d_w
-            y = y - g * y * dt + d_w.unsqueeze(-1)
-            x = x_next
+            x = x + (b - s * (y * wg).sum(-1)) * dt + s * w_sum * d_w
+            y = y * decay + d_w.unsqueeze(-1)
             xs.append(x)
             ys.append(y)
-            us.append(u)
+            if u is not None:
+                us.append(u)
         batch = torch.broadcast_shapes(*(v.shape[:-1] for v in xs))
         x_path = torch.stack([v.expand(*batch, self.state_dim) for v in xs], -2)
         y_path = torch.stack([v.expand(*batch, *v.shape[-2:]) for v in ys], -3)
-        u_path = torch.stack([v.expand(*batch, self.state_dim) for v in us], -2)
+        if us:
+            u_path = torch.stack([v.expand(*batch, self.state_dim) for v in us], -2)
+        else:
+            u_path = x_path.new_zeros(*batch, self.num_steps, self.state_dim)
         kl = 0.5 * (u_path**2).sum(-1) * dt
         return SDEPath(self.times, x_path, y_path, u_path, kl)
+
+    def path_from_increments(
+        self, x0: torch.Tensor, y0: torch.Tensor, increments: torch.Tensor
+    ) -> SDEPath:
+        r"""The (uncontrolled) Euler path driven by given increments.
+
+        The Ornstein-Uhlenbeck part is linear,
+        :math:`Y_n = (1 - \gamma \Delta t)^n Y_0 + \sum_{m<n} (1 - \gamma
+        \Delta t)^{n-1-m} \Delta W_m`, and is computed for all steps at once; only
+        :math:`X` (through the drift and diffusion) needs the step-by-step loop.
+
+        Args:
+            x0: :math:`X_0`, shape ``(*batch, d)``.
+            y0: :math:`Y_0`, shape ``(*batch, d, K)`` (or broadcastable).
+            increments: :math:`\Delta W_{0:N}`, shape ``(*batch, N, d)``.
+
+        Returns:
+            The :class:`SDEPath` (zero controls and Girsanov terms).
+        """
+        dtype, dt, steps = x0.dtype, self.dt, self.num_steps
+        w = self.weights().to(dtype)
+        wg, w_sum = w * self.gammas.to(dtype), w.sum()
+        increments = increments.to(dtype)
+        kernel = self._ou_kernel(dtype, increments.device)
+        if kernel is None:  # long grids: the O(N K) recursion instead of the O(N^2 K) kernel
+            decay = 1.0 - self.gammas.to(dtype) * dt
+            ys, y = [y0], y0
+            for n in range(steps):
+                y = y * decay + increments[..., n, :].unsqueeze(-1)
+                ys.append(y)
+            batch = torch.broadcast_shapes(*(v.shape[:-2] for v in ys))
+            y_path = torch.stack([v.expand(*batch, *v.shape[-2:]) for v in ys], -3)
+        else:
+            powers, conv = kernel  # (N + 1, K), (K, N + 1, N)
+            y_path = powers.unsqueeze(-2) * y0.unsqueeze(-3)
+            y_path = y_path + torch.einsum("knm,...md->...ndk", conv, increments)
+        # X_{n+1} = X_n + b dt + s (sum_k w_k dW_n - sum_k w_k gamma_k Y_{n,k} dt)
+        drive = w_sum * increments - (y_path[..., :-1, :, :] * wg).sum(-1) * dt
+        x, xs = x0, [x0]
+        for n in range(steps):
+            t = self.times[n]
+            x = x + self.drift(x, t) * dt + self.diffusion(x, t) * drive[..., n, :]
+            xs.append(x)
+        batch = torch.broadcast_shapes(y_path.shape[:-3], *(v.shape[:-1] for v in xs))
+        x_path = torch.stack([v.expand(*batch, self.state_dim) for v in xs], -2)
+        y_path = y_path.expand(*batch, *y_path.shape[-3:])
+        zeros = x_path.new_zeros(*batch, steps, self.state_dim)
+        return SDEPath(self.times, x_path, y_path, zeros, zeros.sum(-1))
+
+    def _ou_kernel(self, dtype, device) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(decay^n, decay^(n-1-m) [m < n])`` for the linear OU part (cached; None if large)."""
+        steps, k = self.num_steps, self.num_processes
+        if (steps + 1) * steps * k > 4_000_000:
+            return None
+        key = (dtype, device)
+        cache = self.__dict__.setdefault("_ou_kernels", {})
+        if key not in cache:
+            decay = 1.0 - self.gammas.detach().to(torch.float64).cpu() * self.dt  # (K,)
+            n = torch.arange(steps + 1, dtype=torch.float64)
+            powers = decay ** n.unsqueeze(-1)  # (N + 1, K)
+            lag = n.unsqueeze(-1) - 1.0 - n[:-1]  # (N + 1, N): n - 1 - m
+            conv = torch.where(lag >= 0, decay[:, None, None] ** lag.clamp(min=0.0), 0.0)
+            cache[key] = (
+                powers.to(dtype=dtype, device=device),
+                conv.to(dtype=dtype, device=device),
+            )
+        return cache[key]
 
     def _initial(self, x0_dist: dist.Distribution) -> tuple[torch.Tensor, torch.Tensor]:
         x0 = pyro.sample("x0", x0_dist)
@@ -427,13 +585,59 @@ class FractionalSDE(nn.Module):
             y0 = x0.new_zeros(d, k)
         return x0, y0
 
+    # -- increment distributions ----------------------------------------------------------
+    def increment_scales(self) -> torch.Tensor | None:
+        r"""The guide's per-step increment scales :math:`s_n > 0`, shape ``(N, d)``.
+
+        ``None`` when the SDE was built with ``increment_scale=False`` (then :math:`s_n = 1`).
+        """
+        if self.log_increment_scale is None:
+            return None
+        return self.log_increment_scale.exp()
+
+    def prior_increments(self) -> dist.Distribution:
+        r"""The prior of the increments, one distribution with event shape ``(N, d)``.
+
+        :math:`\Delta W_n \sim \mathcal N(0, \Delta t\, I_d)` iid over the steps.
+        """
+        zeros = self.x0_loc.new_zeros(self.num_steps, self.state_dim)
+        return dist.Normal(zeros, math.sqrt(self.dt)).to_event(2)
+
+    def posterior_increments(
+        self,
+        x0: torch.Tensor,
+        y0: torch.Tensor,
+        context: torch.Tensor | None = None,
+        control: Callable | None = None,
+    ) -> ControlledIncrements:
+        r"""The guide's controlled increments given the initial state.
+
+        Args:
+            x0: :math:`X_0`, shape ``(*batch, d)``.
+            y0: :math:`Y_0`, shape ``(*batch, d, K)`` (or broadcastable).
+            context: Passed to the control as its fourth argument.
+            control: ``u(t, x, y, context)`` (default :attr:`control`).
+
+        Returns:
+            A :class:`ControlledIncrements` with the learned :meth:`increment_scales`.
+        """
+        control = self.control if control is None else control
+        return ControlledIncrements(
+            self,
+            x0,
+            y0,
+            lambda t, x, y: control(t, x, y, context),
+            self.increment_scales(),
+            time_batched=bool(getattr(control, "time_batched", False)),
+        )
+
     # -- Pyro model and guide -------------------------------------------------------------
     def model(self, obs_times=None, obs_values=None, context: torch.Tensor | None = None):
         r"""The prior over the discretised path, and the observations (if given).
 
-        Sites: ``"x0"`` :math:`\sim \mathcal N(m_0, s_0^2)`, ``"y0"`` (type I), ``"dW_n"``
-        :math:`\sim \mathcal N(0, \Delta t\, I_d)` for :math:`n < N`, and ``"obs"`` when
-        ``obs_values`` is given.
+        Sites: ``"x0"`` :math:`\sim \mathcal N(m_0, s_0^2)`, ``"y0"`` (type I), ``"dW"``
+        :math:`\sim \mathcal N(0, \Delta t\, I_d)` iid over the :math:`N` steps (one
+        vectorised site, event shape ``(N, d)``), and ``"obs"`` when ``obs_values`` is given.
 
         Args:
             obs_times: Observation times in :math:`[0, T]`, shape ``(M,)`` (any order, off
@@ -447,16 +651,9 @@ class FractionalSDE(nn.Module):
         pyro.module(self.name, self)
         if (obs_times is None) != (obs_values is None):
             raise ValueError("give both obs_times and obs_values, or neither")
-        loc = self.x0_loc
-        x0, y0 = self._initial(dist.Normal(loc, self.x0_scale).to_event(1))
-        scale = math.sqrt(self.dt)
-        zeros = loc.new_zeros(self.state_dim)
-
-        def increment(n, t, x, y):
-            d_w = pyro.sample(f"dW_{n}", dist.Normal(zeros, scale).to_event(1))
-            return d_w, torch.zeros_like(x)
-
-        path = self._simulate(x0, y0, increment)
+        x0, y0 = self._initial(dist.Normal(self.x0_loc, self.x0_scale).to_event(1))
+        d_w = pyro.sample("dW", self.prior_increments())
+        path = self.path_from_increments(x0, y0, d_w)
         if obs_values is not None:
             self._observe(path.x, obs_times, obs_values)
         return path
@@ -464,8 +661,10 @@ class FractionalSDE(nn.Module):
     def guide(self, obs_times=None, obs_values=None, context: torch.Tensor | None = None):
         r"""The controlled posterior: :math:`q(x_0)` and controlled increments.
 
-        :math:`\Delta W_n \sim \mathcal N(u_n \Delta t, \Delta t\, I_d)` with
-        :math:`u_n = u(t_n, X_n, Y_n, c)`; sites as in :meth:`model` (no ``"obs"``).
+        :math:`\Delta W_n \sim \mathcal N(u_n \Delta t, s_n^2 \Delta t\, I_d)` with
+        :math:`u_n = u(t_n, X_n, Y_n, c)`, as one site ``"dW"`` whose distribution is the
+        autoregressive :class:`ControlledIncrements`; sites as in :meth:`model` (no
+        ``"obs"``).
 
         Args:
             obs_times: Unused (same signature as :meth:`model`).
@@ -473,19 +672,13 @@ class FractionalSDE(nn.Module):
             context: Context vector for the control network (amortisation), or ``None``.
 
         Returns:
-            The :class:`SDEPath`, with the controls and the per-step Girsanov terms.
+            The :class:`SDEPath`, with the controls and the per-step KL terms.
         """
         pyro.module(self.name, self)
         scale = torch.nn.functional.softplus(self.q_x0_raw_scale)
         x0, y0 = self._initial(dist.Normal(self.q_x0_loc, scale).to_event(1))
-        sdt = math.sqrt(self.dt)
-
-        def increment(n, t, x, y):
-            u = self.control(t, x, y.expand(*x.shape[:-1], *y.shape[-2:]), context)
-            d_w = pyro.sample(f"dW_{n}", dist.Normal(u * self.dt, sdt).to_event(1))
-            return d_w, u
-
-        return self._simulate(x0, y0, increment)
+        increments = self.posterior_increments(x0, y0, context)
+        return increments.path(pyro.sample("dW", increments))
 
     @torch.no_grad()
     def sample(
@@ -496,6 +689,151 @@ class FractionalSDE(nn.Module):
             if posterior:
                 return self.guide(context=context)
             return self.model(context=context)
+
+
+class ControlledIncrements(TorchDistribution):
+    r"""The guide's increments :math:`\Delta W_{0:N}` as one autoregressive distribution.
+
+    Given :math:`Z_0 = (X_0, Y_0)`, the increments follow the sequential recursion
+
+    .. math::
+
+        \Delta W_n = u(t_n, X_n, Y_n)\, \Delta t + s_n \sqrt{\Delta t}\, \varepsilon_n,
+        \qquad \varepsilon_n \sim \mathcal N(0, I_d)\ \text{iid},
+
+    with :math:`Z_{n+1}` the Euler step of :class:`FractionalSDE` driven by
+    :math:`\Delta W_n`; :math:`Z_n` is a deterministic function of :math:`\Delta W_{0:n}`,
+    so the density is the product of the step densities,
+
+    .. math::
+
+        \log q(\Delta W_{0:N}) = \sum_{n<N} \log \mathcal N\big(\Delta W_n;\,
+        u(t_n, X_n, Y_n)\, \Delta t,\ s_n^2 \Delta t\, I_d\big)
+
+    (an autoregressive flow of the standard noise :math:`\varepsilon`). :meth:`rsample`
+    draws all the noise at once and runs the recursion (reparameterised: gradients reach the
+    control and the scales); :meth:`log_prob` re-runs it on given increments, except at this
+    distribution's own latest sample, whose path is cached (the same graph, not recomputed).
+    Against the prior :math:`\mathcal N(0, \Delta t)` the KL divergence of step :math:`n`
+    given :math:`Z_n` is, per state dimension,
+
+    .. math::
+
+        \tfrac12 u_n^2 \Delta t + \tfrac12 (s_n^2 - 1) - \log s_n,
+
+    the Girsanov term :math:`\frac12 u_n^2 \Delta t` when :math:`s_n = 1`.
+
+    Args:
+        sde: The :class:`FractionalSDE` (drift, diffusion, weights, grid).
+        x0: :math:`X_0`, shape ``(*batch, d)``.
+        y0: :math:`Y_0`, shape ``(*batch, d, K)`` or broadcastable to it.
+        control: :math:`u(t, x, y)` (any context already bound), returning ``(*batch, d)``.
+        scale: :math:`s_n`, shape ``(N, d)`` (or broadcastable), or ``None`` for
+            :math:`s_n = 1`.
+        time_batched: The control accepts a 1-D tensor of the :math:`N` grid times with
+            states carrying a time axis (as :class:`ControlNet` and :class:`LinearControl`
+            do); then :meth:`log_prob` at given increments runs the uncontrolled recursion
+            (:meth:`FractionalSDE.path_from_increments`) and evaluates the control on the
+            whole path in one call, instead of one call per step.
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.independent(constraints.real, 2)
+    has_rsample = True
+
+    def __init__(
+        self,
+        sde: FractionalSDE,
+        x0: torch.Tensor,
+        y0: torch.Tensor,
+        control: Callable,
+        scale: torch.Tensor | None = None,
+        time_batched: bool = False,
+    ) -> None:
+        self.sde = sde
+        self.time_batched = time_batched
+        self.x0 = x0
+        self.y0 = y0
+        self.control = control
+        self.scale = scale
+        batch = torch.broadcast_shapes(x0.shape[:-1], y0.shape[:-2])
+        # [(value, path)] of the latest sample or evaluation, shared with expanded copies
+        self._cache: list[tuple[torch.Tensor, SDEPath]] = []
+        super().__init__(batch, torch.Size((sde.num_steps, sde.state_dim)), validate_args=False)
+
+    def expand(self, batch_shape, _instance=None) -> ControlledIncrements:  # noqa: D102
+        batch_shape = torch.Size(batch_shape)
+        if batch_shape == self.batch_shape:
+            return self  # keeps the cached path shared with the caller (Pyro's plates expand)
+        d, k = self.sde.state_dim, self.y0.shape[-1]
+        new = ControlledIncrements(
+            self.sde,
+            self.x0.expand(*batch_shape, d),
+            self.y0.expand(*batch_shape, d, k),
+            self.control,
+            self.scale,
+            self.time_batched,
+        )
+        new._cache = self._cache  # a value's path does not depend on the batch broadcast
+        return new
+
+    def _run(self, noise: torch.Tensor | None, value: torch.Tensor | None) -> SDEPath:
+        """The recursion, from standard ``noise`` (sampling) or given increments ``value``."""
+        sde, dt = self.sde, self.sde.dt
+        if value is not None and self.time_batched:
+            # the states are a function of the given increments alone: one uncontrolled pass,
+            # then the control on the whole path in one call (density evaluation in parallel)
+            path = sde.path_from_increments(self.x0, self.y0, value)
+            y = path.y[..., :-1, :, :]
+            u = self.control(sde.times[:-1], path.x[..., :-1, :], y)
+            u = u.expand(*path.x.shape[:-2], sde.num_steps, sde.state_dim)
+            path = path._replace(control=u, kl=0.5 * (u**2).sum(-1) * dt)
+        else:
+            if value is None:
+                sd = math.sqrt(dt) if self.scale is None else self.scale * math.sqrt(dt)
+                noise = noise * sd
+            d_ws = []
+
+            def increment(n, t, x, y):
+                u = self.control(t, x, y.expand(*x.shape[:-1], *y.shape[-2:]))
+                if value is not None:
+                    return value[..., n, :], u
+                d_w = u * dt + noise[..., n, :]
+                d_ws.append(d_w)
+                return d_w, u
+
+            path = sde._simulate(self.x0, self.y0, increment)
+            if value is None:
+                batch = path.control.shape[:-2]
+                value = torch.stack([v.expand(*batch, sde.state_dim) for v in d_ws], -2)
+        if self.scale is not None:
+            s = self.scale.expand(sde.num_steps, sde.state_dim)
+            extra = (0.5 * (s**2 - 1.0) - s.log()).sum(-1)
+            path = path._replace(kl=path.kl + extra)
+        self._cache[:] = [(value, path)]
+        return path
+
+    def rsample(self, sample_shape=()) -> torch.Tensor:  # noqa: D102
+        shape = self._extended_shape(torch.Size(sample_shape))
+        noise = torch.randn(shape, dtype=self.x0.dtype, device=self.x0.device)
+        self._run(noise, None)
+        return self._cache[0][0]
+
+    def sample(self, sample_shape=()) -> torch.Tensor:  # noqa: D102
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+    def path(self, value: torch.Tensor) -> SDEPath:
+        """The guide's :class:`SDEPath` (states, controls, per-step KL) for the increments."""
+        if self._cache and self._cache[0][0] is value:
+            return self._cache[0][1]
+        return self._run(None, value)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        path = self.path(value)
+        dt = self.sde.dt
+        sd = math.sqrt(dt) if self.scale is None else self.scale * math.sqrt(dt)
+        return dist.Normal(path.control * dt, sd).log_prob(value).sum((-2, -1))
 
 
 # --------------------------------------------------------------------------- linear drift

@@ -26,17 +26,21 @@ dynamics (drift :math:`b` an MLP, diagonal diffusion :math:`s` learned, Hurst in
 amortised on the first ``num_context_frames`` frames: an MLP encoder gives
 :math:`q(c)`, :math:`q(X_0)` and a context vector for the control network :math:`u(t, X, Y,
 \text{context})` of the posterior SDE. Model and guide share the sites ``"content"``,
-``"x0"``, ``"y0"`` (type I) and ``"dW_0", ..., "dW_{N-1}"`` (one increment site per
-Euler step, vectorised over the videos in the plate ``"videos"``); the model also has the
+``"x0"``, ``"y0"`` (type I) and ``"dW"`` (all :math:`N` Euler increments in one site of
+event shape ``(N, d)``, vectorised over the videos in the plate ``"videos"``; in the guide an
+autoregressive :class:`~pplx.processes.sde.ControlledIncrements`); the model also has the
 observed site ``"frames"``. By Girsanov (see :mod:`pplx.processes.sde`) the ELBO of this
 pair is :math:`\mathbb E_q[\log p(v \mid X, c)] - \mathrm{KL}(q(c) \| p(c)) -
-\mathrm{KL}(q(X_0) \| p(X_0)) - \mathbb E_q \sum_n \frac12 \|u_n\|^2 \Delta t`.
+\mathrm{KL}(q(X_0) \| p(X_0)) - \mathbb E_q \sum_n \frac12 \|u_n\|^2 \Delta t`, plus
+:math:`-\sum_n \sum_i [\frac12 (s_{n,i}^2 - 1) - \log s_{n,i}]` for the learned per-step
+increment scales :math:`s_n` of the guide (``increment_scale=True``, the default; 0 at their
+initial value 1).
 
 Why not :meth:`FractionalSDE.model` / :meth:`FractionalSDE.guide` directly: their
 :math:`q(x_0)` is one global Gaussian and their likelihood is a Gaussian on the state, while a
 video model needs a per-video (amortised) :math:`q(X_0)` and a decoder. The latent SDE is
 therefore a :class:`FractionalSDE` (drift, diffusion, Hurst index, speeds, weights, control
-network) whose Euler recursion (``_simulate``) and initial-state sampler (``_initial``) are
+network, increment distributions) whose Euler recursion and initial-state sampler are
 driven by :class:`LatentVideoSDE`'s own model and guide; per-video contexts ride along
 because the control network broadcasts a ``(videos, context_dim)`` context against states of
 shape ``(..., videos, d)``.
@@ -232,6 +236,8 @@ class LatentVideoSDE(nn.Module):
             :math:`[0, 1]` used as soft targets) or ``"gaussian"`` (mean
             :math:`\operatorname{sigmoid}` of the decoder output, scale ``obs_scale``).
         obs_scale: Pixel noise of the Gaussian likelihood.
+        increment_scale: Learn per-step scales of the guide's increments (see
+            :class:`~pplx.processes.sde.FractionalSDE`).
         name: Pyro module name.
 
     Raises:
@@ -258,6 +264,7 @@ class LatentVideoSDE(nn.Module):
         diffusion_init: float = 0.5,
         likelihood: str = "bernoulli",
         obs_scale: float = 0.1,
+        increment_scale: bool = True,
         name: str = "latent_video_sde",
     ) -> None:
         super().__init__()
@@ -301,6 +308,7 @@ class LatentVideoSDE(nn.Module):
             x0_loc=0.0,
             x0_scale=1.0,
             control=control,
+            increment_scale=increment_scale,
             name=f"{name}_sde",
         )
         # q(x0) is amortised here: the SDE's own global q(x0) is unused, so keep it as buffers
@@ -378,24 +386,21 @@ class LatentVideoSDE(nn.Module):
         return path.x[..., :: self.steps_per_frame, :]
 
     def _latent_path(
-        self, content_dist: dist.Distribution, x0_dist: dist.Distribution, control
+        self, content_dist: dist.Distribution, x0_dist: dist.Distribution, context
     ) -> tuple[torch.Tensor, SDEPath]:
-        """Sample the content and the latent path; ``control(t, x, y)`` or ``None`` (prior)."""
+        """Sample the content and the latent path.
+
+        The increments are controlled with ``context``, or from the prior (``context=None``).
+        """
         sde = self.sde
         content = pyro.sample("content", content_dist)
         x0, y0 = sde._initial(x0_dist)
-        sdt = math.sqrt(sde.dt)
-
-        def increment(n, t, x, y):
-            if control is None:
-                u = torch.zeros_like(x)
-                d_w = pyro.sample(f"dW_{n}", dist.Normal(torch.zeros_like(x), sdt).to_event(1))
-            else:
-                u = control(t, x, y.expand(*x.shape[:-1], *y.shape[-2:]))
-                d_w = pyro.sample(f"dW_{n}", dist.Normal(u * sde.dt, sdt).to_event(1))
-            return d_w, u
-
-        return content, sde._simulate(x0, y0, increment)
+        if context is None:
+            return content, sde.path_from_increments(
+                x0, y0, pyro.sample("dW", sde.prior_increments())
+            )
+        increments = sde.posterior_increments(x0, y0, context)
+        return content, increments.path(pyro.sample("dW", increments))
 
     # -- Pyro model and guide -------------------------------------------------------------
     def model(self, videos: torch.Tensor) -> SDEPath:
@@ -442,17 +447,11 @@ class LatentVideoSDE(nn.Module):
     def _posterior(self, videos: torch.Tensor, posterior: bool) -> tuple[torch.Tensor, SDEPath]:
         videos = self._check(videos, full=False)
         enc = self.encode(videos)
-        context = enc["context"]
-        control = None
-        if posterior:
-
-            def control(t, x, y):
-                return self.sde.control(t, x, y, context)
-
+        context = enc["context"] if posterior else None
         with pyro.plate("videos", videos.shape[0], dim=-1):
             content_q = dist.Normal(enc["content_loc"], enc["content_scale"]).to_event(1)
             x0_q = dist.Normal(enc["x0_loc"], enc["x0_scale"]).to_event(1)
-            return self._latent_path(content_q, x0_q, control)
+            return self._latent_path(content_q, x0_q, context)
 
     @torch.no_grad()
     def predict(

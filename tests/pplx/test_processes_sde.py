@@ -87,7 +87,11 @@ def test_zero_control_guide_is_prior_and_elbo_is_expected_log_likelihood():
     guide_tr.compute_log_prob()
     model_tr.compute_log_prob()
     latent = [n for n in guide_tr.stochastic_nodes]
-    assert "x0" in latent and "y0" in latent and f"dW_{sde.num_steps - 1}" in latent
+    assert sorted(latent) == ["dW", "x0", "y0"]  # all the increments in one site
+    assert guide_tr.nodes["dW"]["value"].shape == (sde.num_steps, 1)
+    # the increment scales start at 1 (and the control at 0): every step's KL is zero
+    torch.testing.assert_close(sde.increment_scales(), torch.ones(sde.num_steps, 1, dtype=F64))
+    assert float(guide_tr.nodes["_RETURN"]["value"].kl.detach().abs().max()) == 0.0
     diff = sum(
         model_tr.nodes[n]["log_prob_sum"] - guide_tr.nodes[n]["log_prob_sum"] for n in latent
     )
@@ -103,29 +107,80 @@ def test_zero_control_guide_is_prior_and_elbo_is_expected_log_likelihood():
     assert abs(elbo - float(log_lik.mean())) < Z_MAX * se
 
 
-def test_per_step_kl_is_girsanov_for_fixed_control():
+@pytest.mark.parametrize("scaled", [False, True])
+def test_per_step_kl_is_girsanov_for_fixed_control(scaled):
+    # The guide's "dW" site is autoregressive: step n is N(u_n dt, s_n^2 dt) given Z_n. Its
+    # KL to the prior's N(0, dt) is u_n^2 dt / 2 (Girsanov) plus (s_n^2 - 1) / 2 - log s_n.
     dt_control = lambda t, x, y, c: 0.8 * torch.sin(3 * t) - 0.5 * x  # noqa: E731
     sde = _ou(hurst=0.3, num_processes=2, gamma_max=5.0, control=dt_control, dtype=F64)
+    if scaled:
+        with torch.no_grad():
+            steps = torch.arange(sde.num_steps, dtype=F64).unsqueeze(-1)
+            sde.log_increment_scale.copy_(0.3 * torch.sin(steps))
+    scales = sde.increment_scales().detach()[:, 0]
     guide_tr, model_tr = _traces(sde)
     path = guide_tr.nodes["_RETURN"]["value"]
+    prior = model_tr.nodes["dW"]["fn"].base_dist
     for n in range(sde.num_steps):
-        q, p = guide_tr.nodes[f"dW_{n}"]["fn"], model_tr.nodes[f"dW_{n}"]["fn"]
-        kl = torch.distributions.kl_divergence(q, p)
+        u = path.control[n]
+        q = torch.distributions.Normal(u * sde.dt, math.sqrt(sde.dt) * scales[n])
+        p = torch.distributions.Normal(prior.loc[n], prior.scale[n])  # iid over the steps
+        torch.testing.assert_close(p.scale, torch.full_like(p.scale, math.sqrt(sde.dt)))
+        kl = torch.distributions.kl_divergence(q, p).sum()
         torch.testing.assert_close(kl, path.kl[n])
-        u = float(path.control[n, 0].detach())
-        assert float(kl.detach()) == pytest.approx(0.5 * u**2 * sde.dt, rel=1e-12)
-    # Monte Carlo: E_q[log q - log p] over the increments is E[sum_n u_n^2 dt / 2]
+        s_n = float(scales[n])
+        expected = 0.5 * float(u.detach()) ** 2 * sde.dt + 0.5 * (s_n**2 - 1) - math.log(s_n)
+        assert float(kl.detach()) == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    # Monte Carlo: E_q[log q - log p] over the increments is E[sum_n KL_n]
     num = 4000
     with pyro.plate("particles", num, dim=-1):
         guide_tr, model_tr = _traces(sde)
     guide_tr.compute_log_prob()
     model_tr.compute_log_prob()
-    steps = [f"dW_{n}" for n in range(sde.num_steps)]
-    log_ratio = sum(guide_tr.nodes[s]["log_prob"] - model_tr.nodes[s]["log_prob"] for s in steps)
-    girsanov = guide_tr.nodes["_RETURN"]["value"].kl.sum(-1)
-    diff = (log_ratio - girsanov).detach()  # sum_n u_n (dW_n - u_n dt): mean zero
+    log_ratio = guide_tr.nodes["dW"]["log_prob"] - model_tr.nodes["dW"]["log_prob"]
+    kl = guide_tr.nodes["_RETURN"]["value"].kl.sum(-1)
+    diff = (log_ratio - kl).detach()  # mean zero
     assert abs(float(diff.mean())) < Z_MAX * float(diff.std()) / math.sqrt(num)
-    assert float(girsanov.detach().mean()) > 0.05
+    assert float(kl.detach().mean()) > 0.05
+
+
+def test_increments_log_prob_is_consistent_and_reparameterised():
+    # The autoregressive "dW" distribution: log q at its own sample (cached path) equals the
+    # density re-evaluated from the increments alone, both with the control evaluated along
+    # the whole path at once (ControlNet) and step by step; the sample is reparameterised.
+    sde = FractionalSDE(
+        lambda x, t: -x + 0.3 * torch.sin(x), lambda x, t: 0.5 + 0.1 * x**2, state_dim=2,
+        horizon=2.0, num_steps=24, hidden_dim=8, hurst=0.3, num_processes=3, gamma_max=5.0,
+        dtype=F64,
+    )  # fmt: skip
+    with torch.no_grad():
+        for p in [sde.control.head.weight, sde.control.gain.weight, sde.log_increment_scale]:
+            p.normal_(0.0, 0.3)
+    with pyro.plate("paths", 6, dim=-1):
+        trace = poutine.trace(sde.guide).get_trace()
+    fn, value = trace.nodes["dW"]["fn"], trace.nodes["dW"]["value"]
+    path = trace.nodes["_RETURN"]["value"]
+    assert value.shape == (6, 24, 2) and fn.time_batched
+    own = fn.log_prob(value)
+    again = fn.log_prob(value.detach().clone())
+    redo = fn.path(value.detach().clone())
+    for a, b in [(redo.x, path.x), (redo.y, path.y), (redo.control, path.control)]:
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    fn.time_batched = False  # the sequential recursion
+    step_by_step = fn.log_prob(value.detach().clone())
+    torch.testing.assert_close(again, own, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(step_by_step, own, rtol=1e-10, atol=1e-10)
+    # the density is the product of the steps' Normal densities given the path
+    sd = math.sqrt(sde.dt) * sde.increment_scales()
+    direct = torch.distributions.Normal(path.control * sde.dt, sd).log_prob(value).sum((-2, -1))
+    torch.testing.assert_close(own, direct)
+    # pathwise gradients reach the control network, the scales and q(x0) through the sample
+    path.x[..., -1, :].sum().backward()
+    for name in ["control.head.weight", "control.gain.weight", "log_increment_scale",
+                 "q_x0_loc", "raw_hurst"]:  # fmt: skip
+        grad = dict(sde.named_parameters())[name].grad
+        assert grad is not None and bool(torch.isfinite(grad).all()), name
+        assert float(grad.abs().sum()) > 0, name
 
 
 # --------------------------------------------------------------------------- fitting
@@ -161,7 +216,8 @@ def _exact_bridge_control(sde, theta, obs, noise):
 
     With Z_{n+1} = A Z_n + B dW_n and y = X_N + eps: E[dW_n | Z_n = z, y] = h_n dt (y - (A^{N-n}
     z)_0) / v_n, h_n = (A^{N-1-n} B)_0, v_n = sum_{m >= n} h_m^2 dt + noise^2, i.e. the control
-    u_n = h_n (y - (A^{N-n} z)_0) / v_n (the discrete h-transform).
+    u_n = h_n (y - (A^{N-n} z)_0) / v_n (the discrete h-transform). The conditional variance
+    of dW_n is dt (1 - h_n^2 dt / v_n), independent of z: the exact increment scale s_n.
     """
     w, g, dt, steps = sde.weights().detach(), sde.gammas, sde.dt, sde.num_steps
     k = g.numel()
@@ -179,14 +235,17 @@ def _exact_bridge_control(sde, theta, obs, noise):
         pred = (torch.cat([x, y.flatten(-2)], -1) @ pows[steps - n].T)[..., :1]
         return h[n] * (obs - pred) / v[n]
 
+    control.scales = (1.0 - h**2 * dt / v).sqrt().unsqueeze(-1)  # (N, 1)
     return control
 
 
 @pytest.mark.parametrize("hurst, k", [(0.5, 1), (0.3, 3), (0.7, 3)])
 def test_exact_bridge_control_reproduces_gaussian_conditioning(hurst, k):
-    # The guide family contains the exact bridge (up to the fixed increment variance dt): with
-    # the analytic control and q(x0) = p(x0 | y), the guide's path has the exact posterior mean
-    # and mid-time variance of the discretised fractional OU bridge.
+    # The guide family contains the exact bridge: with the analytic control and
+    # q(x0) = p(x0 | y), the guide's path has the exact posterior mean and mid-time variance of
+    # the discretised fractional OU bridge even with the prior's increment variance dt (s_n = 1);
+    # with the exact increment scales s_n it is the exact posterior, endpoint variance included,
+    # and every sample's log weight is the log evidence.
     theta, steps, obs, noise, num = 1.0, 40, 1.5, 0.1, 10000
     box = {}
     gammas = [1e-6] if k == 1 else None
@@ -212,20 +271,39 @@ def test_exact_bridge_control_reproduces_gaussian_conditioning(hurst, k):
     evidence = torch.distributions.Normal(mean[-1], (cov[-1, -1] + noise**2).sqrt())
     log_evidence = float(evidence.log_prob(obs_y[0]))
     elbo = -ELBO(num_particles=1000).loss(sde.model, sde.guide, obs_t, obs_y)
+    # exact increment scales: the guide is the exact posterior of the discretised model
+    with torch.no_grad():
+        sde.log_increment_scale.copy_(box["u"].scales.log())
+    x = sde.sample(num).x[..., 0]
+    for i in [mid, steps]:
+        ratio = float(x[:, i].var() / post_cov[i, i])
+        assert abs(ratio - 1) < Z_MAX * math.sqrt(2 / num), (i, ratio)
+    with pyro.plate("particles", 200, dim=-1):
+        guide_tr, model_tr = _traces(sde, obs_t, obs_y)
+    guide_tr.compute_log_prob()
+    model_tr.compute_log_prob()
+    log_w = sum(model_tr.nodes[n]["log_prob"] for n in ["x0", "dW", "obs"]) - sum(
+        guide_tr.nodes[n]["log_prob"] for n in ["x0", "dW"]
+    )
+    torch.testing.assert_close(log_w, torch.full_like(log_w, log_evidence), rtol=0, atol=1e-9)
     box["u"] = lambda t, x, y, c: torch.zeros_like(x)
+    with torch.no_grad():
+        sde.log_increment_scale.zero_()
     elbo_prior = -ELBO(num_particles=1000).loss(sde.model, sde.guide, obs_t, obs_y)
     assert elbo < log_evidence + 0.05 and elbo > elbo_prior + 1.0
 
 
 @pytest.mark.slow
 def test_brownian_ou_bridge_posterior_matches_gaussian_conditioning():
-    # Optimisation check (about 2 min on a loaded 2-core CPU). Measured: means within 0.08 of
-    # the exact posterior, mid-time variance ratio 0.49, endpoint variance 0.077 against 0.0098
-    # exact; the fixed-variance guide's floor there is 0.053 (see the exact-control test).
+    # Optimisation check (about 30 s on a loaded 2-core CPU). With the default ControlNet (time
+    # features and time-varying linear feedback), the learned increment scales and Adam at
+    # lr 0.05, measured at 400 steps (seed 0): means within 0.02 of the exact posterior,
+    # mid-time variance ratio 0.945 and endpoint variance ratio 1.04 (before these changes:
+    # 0.49 and 7.8, the latter floored by the fixed increment variance dt).
     steps, theta = 40, 1.0
     sde = _ou(theta, num_steps=steps, hurst=0.5, learn_hurst=False, gammas=[1e-6], kind="II")
     obs_t, obs_y = torch.tensor([2.0]), torch.tensor([1.5])
-    optim = pyro.optim.ClippedAdam({"lr": 0.02, "lrd": 0.1 ** (1 / 400)})
+    optim = pyro.optim.ClippedAdam({"lr": 0.05, "lrd": 0.3 ** (1 / 400)})
     svi = pyro.infer.SVI(sde.model, sde.guide, optim, ELBO(64, stl=True))
     for _ in range(400):
         svi.step(obs_t, obs_y)
@@ -233,15 +311,17 @@ def test_brownian_ou_bridge_posterior_matches_gaussian_conditioning():
     post_mean, post_cov = gaussian_condition(mean, cov, steps, 1.5, 0.1)
     x = sde.sample(4000).x[..., 0].double()
     mid = steps // 2
-    assert float(x[:, -1].mean()) == pytest.approx(float(post_mean[-1]), abs=0.15)
-    assert float(x[:, mid].mean()) == pytest.approx(float(post_mean[mid]), abs=0.25)
+    assert float(x[:, -1].mean()) == pytest.approx(float(post_mean[-1]), abs=0.05)
+    assert float(x[:, mid].mean()) == pytest.approx(float(post_mean[mid]), abs=0.08)
     ratio = float(x[:, mid].var() / post_cov[mid, mid])
+    end_ratio = float(x[:, -1].var() / post_cov[-1, -1])
     print(
         f"mid mean {float(x[:, mid].mean()):.3f} vs {float(post_mean[mid]):.3f}, end mean "
         f"{float(x[:, -1].mean()):.3f} vs {float(post_mean[-1]):.3f}, mid var ratio {ratio:.3f}, "
-        f"end var {float(x[:, -1].var()):.4f} vs {float(post_cov[-1, -1]):.4f}"
+        f"end var ratio {end_ratio:.3f}"
     )
-    assert 0.4 < ratio < 1.6, ratio
+    assert 0.8 < ratio < 1.2, ratio
+    assert 0.7 < end_ratio < 1.5, end_ratio
 
 
 # --------------------------------------------------------------------------- analytic helpers

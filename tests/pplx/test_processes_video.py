@@ -85,11 +85,12 @@ def test_model_guide_elbo_finite_with_gradients(likelihood):
     assert float(grads["sde.raw_hurst"].abs()) > 0  # the Hurst index is learned
     assert float(grads["decoder.0.weight"].abs().sum()) > 0
     assert float(grads["frame_encoder.0.weight"].abs().sum()) > 0
-    # sites: one increment per Euler step, vectorised over the videos
+    # sites: all the Euler increments in one site "dW", vectorised over the videos
     trace = pyro.poutine.trace(net.guide).get_trace(videos)
-    steps = [n for n in trace.nodes if n.startswith("dW_")]
-    assert len(steps) == net.sde.num_steps == (FRAMES - 1) * net.steps_per_frame
-    assert trace.nodes["dW_0"]["value"].shape == (3, 3)
+    assert not [n for n in trace.nodes if n.startswith("dW_")]
+    assert net.sde.num_steps == (FRAMES - 1) * net.steps_per_frame
+    assert trace.nodes["dW"]["value"].shape == (3, net.sde.num_steps, 3)
+    assert float(grads["sde.log_increment_scale"].abs().sum()) > 0  # learned increment scales
     model_trace = pyro.poutine.trace(net.model).get_trace(videos)
     assert model_trace.nodes["frames"]["is_observed"]
 
