@@ -72,12 +72,12 @@ def load(name, generator):
     return sliding_windows(scaled, SEQ_LEN, shuffle=True, generator=generator)
 
 
-def train(model_name, data, mask, steps, seed, device, beta, alpha):
+def train(model_name, data, mask, steps, seed, device, beta, alpha, pred_loss="relative"):
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     d = data.shape[-1]
     if model_name == "kovae":
-        net = KoopmanVAE(d, 16, 20, beta=beta, alpha=alpha)
+        net = KoopmanVAE(d, 16, 20, beta=beta, alpha=alpha, pred_loss=pred_loss)
     else:
         net = GRUVAE(d, 16, 20, beta=beta)
     net = net.to(device)
@@ -101,6 +101,12 @@ def main(argv=None):
     parser.add_argument("--num-eval", type=int, default=None, help="sequences per score")
     parser.add_argument("--beta", type=float, default=0.007)
     parser.add_argument("--alpha", type=float, default=0.005)
+    parser.add_argument(
+        "--pred-loss",
+        choices=["relative", "sum"],
+        default="relative",
+        help='KoopmanVAE pred_loss ("sum": the pre-fix scaling, for comparison)',
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny budgets")
     args = parser.parse_args(argv)
@@ -133,7 +139,17 @@ def main(argv=None):
         if steps < 10_000
         else "Training budget within an order of magnitude of the paper's."
     )
-    print(f"device={args.device}, beta={args.beta}, alpha={args.alpha} (paper's sine values)")
+    print(
+        "measured here (CPU, 1 thread, sine, regular, training seed 0, 1500 steps, default "
+        "non-quick scores): KoVAE disc 0.073 ± 0.022, pred 0.130 ± 0.013; with --pred-loss "
+        "sum (the former summed predictive loss, about 1e4 times the official code's relative "
+        "error) "
+        "disc 0.490 ± 0.004, pred 0.114 ± 0.010."
+    )
+    print(
+        f"device={args.device}, beta={args.beta}, alpha={args.alpha} (paper's sine values), "
+        f"pred_loss={args.pred_loss}"
+    )
     header = (
         f"{'data':7s} {'missing':>7s} {'model':7s} {'loss/seq':>9s} {'disc':>15s} "
         f"{'pred':>15s} {'paper disc':>10s} {'paper pred':>10s} {'time':>7s}"
@@ -154,7 +170,15 @@ def main(argv=None):
                 disc, pred, losses = [], [], []
                 for seed in range(seeds):
                     net, loss = train(
-                        model_name, data, mask, steps, seed, args.device, args.beta, args.alpha
+                        model_name,
+                        data,
+                        mask,
+                        steps,
+                        seed,
+                        args.device,
+                        args.beta,
+                        args.alpha,
+                        args.pred_loss,
                     )
                     fake = net.sample(len(real), SEQ_LEN)
                     losses.append(loss)

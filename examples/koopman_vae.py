@@ -109,7 +109,7 @@ def main(argv=None):
     kovae.eval()
     with torch.no_grad():
         terms = kovae.loss_terms(data[: min(n, 512)])
-    print("loss terms / sequence: " + "  ".join(f"{k} {v.item():.4f}" for k, v in terms.items()))
+    print("loss terms / sequence: " + "  ".join(f"{k} {v.item():.4g}" for k, v in terms.items()))
     train_time = time.perf_counter() - start
 
     real = data[torch.randperm(n, generator=gen)[: args.num_eval].to(args.device)]
