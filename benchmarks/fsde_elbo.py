@@ -17,11 +17,17 @@ T = 25 / 50 / 100 / 200 at K = 5: 92 / 156 / 387 / 972 ms before (one Pyro site 
 113 / 122 / 240 / 376 ms after, i.e. about 1.6 ms per Euler step after against 2.2-5 before
 (the machine's load varies by 2x between runs; profiled on a quieter one, T = 100 went from
 about 370 to 105 ms). K from 1 to 10 at T = 50: 109-146 ms after, 230-270 ms before.
+Then the weights omega(H) were cached per value of H (FractionalSDE.weights: computed once
+per optimiser step with their derivative, instead of with their graph in the model, the
+guide and the replay): T = 25 / 50 / 100 / 200 at K = 5, 56 / 80 / 128 / 229 ms before and
+42 / 65 / 114 / 216 ms after (interleaved in one process, best of 3), about 14 ms less per
+step; this script's K sweep at T = 50 went from 115-120 to 65-66 ms (separate runs).
 
 Two sweeps: T in {25, 50, 100, 200} at K = 5, and K in {1, 2, 5, 10} at T = 50. Columns:
 median ms per gradient step, ms per (step x T), and a least-squares line ms = a + b T (resp. K)
 with its largest relative residual, to show how close to linear it is. The weights omega(H)
-and their gradient are computed once per step (a cost independent of T).
+and their derivative are computed once per step, since H changes at every step (a cost
+independent of T).
 
 Path *sampling* cost (MA-fBM against exact Davies-Harte fBM) is benchmarked separately in
 ``benchmarks/fbm_sampling.py``.

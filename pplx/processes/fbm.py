@@ -35,7 +35,8 @@ incomplete gamma functions, and they are differentiable in :math:`H` (through
 What this module offers:
 
 * :func:`geometric_gammas`: the speed grid;
-* :func:`fbm_weights`: the optimal weights, in closed form;
+* :func:`fbm_weights`: the optimal weights, in closed form (:func:`fbm_weights_jet`: with
+  their derivative in :math:`H`);
 * :func:`fbm_covariance`: the exact covariance of standard fBM (type I target) or of
   Riemann-Liouville fBM (type II target);
 * :func:`ma_fbm_covariance`: the exact covariance of the approximation
@@ -73,6 +74,7 @@ __all__ = [
     "KINDS",
     "fbm_covariance",
     "fbm_weights",
+    "fbm_weights_jet",
     "geometric_gammas",
     "ma_fbm_covariance",
     "mvn_variance",
@@ -340,8 +342,12 @@ def mvn_variance(hurst: torch.Tensor | float) -> torch.Tensor:
     """
     out_dtype = _infer_dtype(hurst)
     hurst = _check_hurst(hurst)
-    h = hurst.to(_compute_dtype(hurst.device))
-    return (torch.exp(-torch.lgamma(2.0 * h + 1.0)) / torch.sin(math.pi * h)).to(out_dtype)
+    return _mvn_variance(hurst.to(_compute_dtype(hurst.device))).to(out_dtype)
+
+
+def _mvn_variance(h: torch.Tensor) -> torch.Tensor:
+    """:math:`V_H` elementwise, unchecked (see :func:`mvn_variance`)."""
+    return torch.exp(-torch.lgamma(2.0 * h + 1.0)) / torch.sin(math.pi * h)
 
 
 def _phi2(x: torch.Tensor) -> torch.Tensor:
@@ -371,7 +377,8 @@ def _b_type_one(a: torch.Tensor, g: torch.Tensor, horizon: float) -> torch.Tenso
     # Series branch, on safe inputs (x in (0, 1]).
     xs = torch.where(small, x, torch.ones_like(x))
     n = torch.arange(40, dtype=x.dtype, device=x.device)
-    series = torch.exp(n * torch.log(xs).unsqueeze(-1) - torch.lgamma(a + n + 2.0)).sum(-1)
+    log_terms = n * torch.log(xs).unsqueeze(-1) - torch.lgamma(a.unsqueeze(-1) + n + 2.0)
+    series = torch.exp(log_terms).sum(-1)  # a: 0-dimensional or one value per speed
     sinh_minus = torch.zeros_like(xs)  # (sinh x - x) / x^3 = sum_m x^(2m) / (2m + 3)!
     for m in range(12, -1, -1):
         sinh_minus = sinh_minus * xs**2 + 1.0 / math.factorial(2 * m + 3)
@@ -460,10 +467,66 @@ def fbm_weights(
     hurst = _check_hurst(hurst)
     gammas = _check_gammas(gammas)
     horizon = _check_positive(horizon, "horizon")
-    device = gammas.device
-    cdtype = _compute_dtype(device)
-    h = hurst.to(device=device, dtype=cdtype)
+    cdtype = _compute_dtype(gammas.device)
+    h = hurst.to(device=gammas.device, dtype=cdtype)
+    matrix, rhs = _weights_system(h, gammas.detach().to(cdtype), horizon, kind)
+    return _solve_weights(matrix, rhs).to(out_dtype)
+
+
+def fbm_weights_jet(
+    hurst: torch.Tensor | float,
+    gammas: torch.Tensor | Sequence[float],
+    horizon: float = 1.0,
+    kind: str = "I",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The weights :math:`\omega(H)` and their derivative :math:`d\omega / dH`, without a graph.
+
+    The matrix of the weights' linear system does not depend on :math:`H` and the solve is
+    linear, so :math:`d\omega/dH = A^{+}\, db/dH`; each :math:`b_k` depends on :math:`H` and
+    :math:`\gamma_k` alone, so :math:`db/dH` is one backward pass with :math:`H` repeated
+    per speed (the cost of one :func:`fbm_weights` with gradient). Used by
+    :class:`~pplx.processes.sde.FractionalSDE` to compute the weights once per value of
+    :math:`H` and attach the exact first derivative, :math:`\omega_0 + \omega'_0 (H - H_0)`
+    at :math:`H = H_0`.
+
+    Args:
+        hurst: Hurst index :math:`H \in (0, 1)` (its graph, if any, is ignored).
+        gammas: Speeds, shape ``(K,)``.
+        horizon: :math:`T > 0`.
+        kind: ``"I"`` or ``"II"``.
+
+    Returns:
+        ``(weights, derivative)``, both detached, shape ``(K,)``, dtype and device as
+        :func:`fbm_weights`; ``weights`` equals :func:`fbm_weights` ``(hurst, ...)``.
+
+    Raises:
+        ValueError: As :func:`fbm_weights`.
+    """
+    kind = _check_kind(kind)
+    out_dtype = _infer_dtype(hurst, gammas)
+    hurst = _check_hurst(hurst)
+    gammas = _check_gammas(gammas)
+    horizon = _check_positive(horizon, "horizon")
+    cdtype = _compute_dtype(gammas.device)
     g = gammas.detach().to(cdtype)
+    h = hurst.detach().to(device=gammas.device, dtype=cdtype)
+    with torch.enable_grad():
+        h_per_speed = h.expand(g.shape).clone().requires_grad_(True)
+        matrix, rhs = _weights_system(h_per_speed, g, horizon, kind)
+        (d_rhs,) = torch.autograd.grad(rhs.sum(), h_per_speed)
+    with torch.no_grad():
+        weights = _solve_weights(matrix, rhs.detach())
+        derivative = _solve_weights(matrix, d_rhs)
+    return weights.to(out_dtype), derivative.to(out_dtype)
+
+
+def _weights_system(
+    h: torch.Tensor, g: torch.Tensor, horizon: float, kind: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The matrix ``(K, K)`` and right-hand side ``(K,)`` of the weights' system.
+
+    ``h`` is 0-dimensional or one value per speed (shape ``(K,)``); compute dtype.
+    """
     a = h + 0.5
     x = g * horizon
     if kind == "II":
@@ -473,18 +536,22 @@ def fbm_weights(
     else:
         gp = g * _phi2(x)
         matrix = horizon**2 * (gp.unsqueeze(-1) + gp) / (g.unsqueeze(-1) + g)
-        rhs = _b_type_one(a, g, horizon) / torch.sqrt(mvn_variance(h))
-    # Jacobi-equilibrated pseudo-inverse: eigen-directions of the scaled matrix with
-    # eigenvalues below RCOND * largest are dropped. They carry no measurable part of the
-    # error (the objective agrees with a 60-digit solve) but would give huge cancelling
-    # weights (|w| ~ 1e12 for type II on wide grids), useless for sampling.
+        rhs = _b_type_one(a, g, horizon) / torch.sqrt(_mvn_variance(h))
+    return matrix, rhs
+
+
+def _solve_weights(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """Jacobi-equilibrated pseudo-inverse solve ``A^+ rhs`` (linear in ``rhs``)."""
+    # Eigen-directions of the scaled matrix with eigenvalues below RCOND * largest are
+    # dropped. They carry no measurable part of the error (the objective agrees with a
+    # 60-digit solve) but would give huge cancelling weights (|w| ~ 1e12 for type II on wide
+    # grids), useless for sampling.
     scale = torch.rsqrt(matrix.diagonal())
     eigvals, eigvecs = torch.linalg.eigh(scale.unsqueeze(-1) * matrix * scale)
-    rcond = _RCOND[cdtype]
+    rcond = _RCOND[matrix.dtype]
     keep = eigvals > rcond * eigvals.max()
     inv = torch.where(keep, 1.0 / torch.where(keep, eigvals, torch.ones_like(eigvals)), 0.0)
-    weights = scale * (eigvecs @ (inv * (eigvecs.T @ (scale * rhs))))
-    return weights.to(out_dtype)
+    return scale * (eigvecs @ (inv * (eigvecs.T @ (scale * rhs))))
 
 
 # --------------------------------------------------------------------------- covariances

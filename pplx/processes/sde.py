@@ -84,7 +84,7 @@ from pplx.processes.fbm import (
     _check_hurst,
     _check_kind,
     _check_positive,
-    fbm_weights,
+    fbm_weights_jet,
     geometric_gammas,
 )
 
@@ -426,8 +426,27 @@ class FractionalSDE(nn.Module):
         return torch.sigmoid(self.raw_hurst)
 
     def weights(self) -> torch.Tensor:
-        r"""The weights :math:`\omega(H)` on :math:`[0, T]` (differentiable in :math:`H`)."""
-        return fbm_weights(self.hurst, self.gammas, self.horizon, self.kind)
+        r"""The weights :math:`\omega(H)` on :math:`[0, T]` (differentiable in :math:`H`).
+
+        Computed once per value of :math:`H` (:func:`~pplx.processes.fbm.fbm_weights_jet`,
+        cached on the module: the model, the guide and a replay of the guide in one ELBO step
+        share it, and with a fixed :math:`H` every step does) and returned as
+        :math:`\omega(H_0) + \omega'(H_0)\,(H - H_0)` evaluated at :math:`H = H_0`: the same
+        value as :func:`~pplx.processes.fbm.fbm_weights` and the same gradient in :math:`H`,
+        from a fresh two-node graph per call (no graph is shared between calls, so repeated
+        backward passes are safe). Second derivatives in :math:`H` are not available (the
+        returned expression is linear in :math:`H`).
+        """
+        hurst = self.hurst
+        key = (float(self.raw_hurst.detach()), hurst.dtype, hurst.device, self.gammas.device)
+        cached = self.__dict__.get("_weights_cache")
+        if cached is None or cached[0] != key:
+            w0, dw = fbm_weights_jet(hurst.detach(), self.gammas, self.horizon, self.kind)
+            cached = self.__dict__["_weights_cache"] = (key, w0, dw)
+        _, w0, dw = cached
+        if hurst.requires_grad and torch.is_grad_enabled():
+            return w0 + dw * (hurst - hurst.detach())
+        return w0
 
     def stationary_covariance(self) -> torch.Tensor:
         r"""Covariance :math:`1 / (\gamma_i + \gamma_j)` of the type-I start :math:`Y(0)`."""
