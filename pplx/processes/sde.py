@@ -29,7 +29,9 @@ The **posterior** (:meth:`FractionalSDE.guide`) runs the same recursion with a c
 where :math:`u` is a network (:class:`ControlNet`, zero at initialisation so that the guide
 starts at the prior) that may also see a context :math:`c` (amortisation), :math:`s_n > 0`
 are learned per-step increment scales (initialised to 1; ``increment_scale=False`` fixes
-them), and the initial state has its own Gaussian :math:`q(x_0)`. Since :math:`u_n` depends on
+them), and the initial state has its own Gaussian :math:`q(x_0)` and, for type I, a Gaussian
+:math:`q(Y_0 \mid x_0)` (:meth:`FractionalSDE.posterior_y0`, equal to the stationary prior
+at initialisation). Since :math:`u_n` depends on
 the path so far, the increments are one site ``"dW"`` whose distribution
 (:class:`ControlledIncrements`) is autoregressive: sampling draws all the standard noise at
 once and runs the recursion; the density re-runs it on given increments. The KL divergence
@@ -44,8 +46,10 @@ and with :math:`s_n = 1`, summed over the steps, this is the Euler discretisatio
 Girsanov term :math:`\mathbb E \int_0^T \frac12 \|u\|^2 dt`. The ELBO of this model/guide
 pair (:class:`pplx.objectives.ELBO` or :class:`pyro.infer.Trace_ELBO`) is therefore the
 objective of Daems et al.,
-:math:`\mathbb E_q[\log p(y \mid X)] - \mathrm{KL}(q(x_0) \| p(x_0)) - \mathbb E_q\big[
-\sum_n \frac12 \|u_n\|^2 \Delta t\big]`, estimated per sample by
+:math:`\mathbb E_q[\log p(y \mid X)] - \mathrm{KL}(q(x_0) \| p(x_0))
+- \mathbb E_q[\mathrm{KL}(q(Y_0 \mid x_0) \| p(Y_0))] - \mathbb E_q\big[
+\sum_n \frac12 \|u_n\|^2 \Delta t\big]` (no :math:`Y_0` term for type II), estimated per
+sample by
 :math:`\sum_n (u_n \cdot \Delta W_n - \frac12 \|u_n\|^2 \Delta t)`, plus the scales'
 terms. The scales are a discrete-time correction: in continuous time a change of diffusion
 makes the path measures singular (the term :math:`\frac12 (s^2 - 1) - \log s` per step
@@ -286,9 +290,9 @@ class FractionalSDE(nn.Module):
     arguments ``(obs_times, obs_values, context)`` and can be passed to
     :class:`pyro.infer.SVI` with :class:`pplx.objectives.ELBO` (or
     :class:`pyro.infer.Trace_ELBO`); both call ``pyro.module(name, self)``, so every
-    parameter (drift and diffusion modules, control network, :math:`q(x_0)`, the Hurst index)
-    is trained. Call ``pyro.clear_param_store()`` before building a second instance with the
-    same ``name``.
+    parameter (drift and diffusion modules, control network, :math:`q(x_0)`,
+    :math:`q(Y_0 \mid x_0)`, the Hurst index) is trained. Call ``pyro.clear_param_store()``
+    before building a second instance with the same ``name``.
 
     Args:
         drift: :math:`b(x, t)`, mapping ``x`` of shape ``(*batch, d)`` and a 0-dimensional
@@ -321,6 +325,10 @@ class FractionalSDE(nn.Module):
             guide's increments, :math:`\Delta W_n \sim \mathcal N(u_n \Delta t, s_n^2
             \Delta t)` (initialised to 1, so the guide starts at the prior); ``False`` fixes
             :math:`s_n = 1` (the pure Girsanov guide).
+        learn_y0: Type I only: give the guide a learned Gaussian
+            :math:`q(Y_0 \mid x_0)` (:meth:`posterior_y0`, initialised to the stationary
+            prior, so the guide starts at the prior); ``False`` keeps the prior
+            :math:`p(Y_0)` in the guide. Ignored for type II (:math:`Y_0 = 0`, no site).
         name: Pyro module name.
         dtype: Floating dtype of the parameters (default: torch's default); move the module
             with ``.to(device)``.
@@ -352,6 +360,7 @@ class FractionalSDE(nn.Module):
         context_dim: int = 0,
         hidden_dim: int = 64,
         increment_scale: bool = True,
+        learn_y0: bool = True,
         name: str = "fractional_sde",
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -413,6 +422,14 @@ class FractionalSDE(nn.Module):
             if increment_scale
             else None
         )
+        # q(Y0 | x0) (type I) in the prior's whitened coordinates: Y0 = L0 (a + g xi0 + M eps)
+        # with L0 L0^T the stationary covariance; a = 0, g = 0, M = I (guide = prior) at init
+        self.learn_y0 = bool(learn_y0) and self.kind == "I"
+        if self.learn_y0:
+            k = self.gammas.numel()
+            self.q_y0_white_loc = nn.Parameter(torch.zeros(state_dim, k, dtype=dtype))
+            self.q_y0_x0_gain = nn.Parameter(torch.zeros(state_dim, k, dtype=dtype))
+            self.q_y0_white_tril_raw = nn.Parameter(torch.zeros(state_dim, k, k, dtype=dtype))
 
     # -- parameters -----------------------------------------------------------------------
     @property
@@ -451,6 +468,75 @@ class FractionalSDE(nn.Module):
     def stationary_covariance(self) -> torch.Tensor:
         r"""Covariance :math:`1 / (\gamma_i + \gamma_j)` of the type-I start :math:`Y(0)`."""
         return 1.0 / (self.gammas.unsqueeze(-1) + self.gammas)
+
+    def stationary_scale_tril(self) -> torch.Tensor:
+        r"""Cholesky factor :math:`L_0` of :meth:`stationary_covariance`, shape ``(K, K)``.
+
+        Computed in float64 and cast to the module's dtype (cached per dtype and device); the
+        prior :math:`p(Y_0) = \mathcal N(0, L_0 L_0^\top)` and :meth:`posterior_y0` share it.
+        """
+        key = (self.gammas.dtype, self.gammas.device)
+        cache = self.__dict__.setdefault("_stationary_trils", {})
+        if key not in cache:
+            g = self.gammas.detach().to(torch.float64)
+            tril = torch.linalg.cholesky(1.0 / (g.unsqueeze(-1) + g))
+            cache[key] = tril.to(self.gammas.dtype)
+        return cache[key]
+
+    def prior_y0(self) -> dist.Distribution:
+        r"""The type-I stationary start :math:`p(Y_0) = \mathcal N(0, L_0 L_0^\top)`.
+
+        Independent over the :math:`d` state dimensions (event shape ``(d, K)``); the
+        :math:`K` processes of one dimension share one Brownian motion and are correlated,
+        :math:`\operatorname{Cov}(Y_{0,i}, Y_{0,j}) = 1 / (\gamma_i + \gamma_j)`.
+        """
+        tril = self.stationary_scale_tril()
+        loc = tril.new_zeros(self.state_dim, self.num_processes)
+        return dist.MultivariateNormal(loc, scale_tril=tril).to_event(1)
+
+    def posterior_y0(self, x0_white: torch.Tensor | None = None) -> dist.Distribution:
+        r"""The guide's Gaussian :math:`q(Y_0 \mid x_0)` of the type-I start.
+
+        Per state dimension :math:`i`, in the whitened coordinates of the prior
+        (:math:`Y_{0,i} = L_0 \eta_i`, :math:`\eta_i \sim \mathcal N(0, I_K)` under
+        :math:`p`),
+
+        .. math::
+
+            q(Y_{0,i} \mid x_0) = \mathcal N\big(L_0 (a_i + g_i \xi_{0,i}),\
+                L_0 M_i M_i^\top L_0^\top\big), \qquad
+            \xi_0 = \frac{x_0 - m_q}{s_q},
+
+        with learned :math:`a_i, g_i \in \mathbb R^K` and lower-triangular :math:`M_i` with
+        positive diagonal (:math:`\exp` of a free parameter), so the scale
+        :math:`L_0 M_i` is lower-triangular; :math:`\xi_0` is :math:`x_0` standardised
+        under :math:`q(x_0) = \mathcal N(m_q, s_q^2)`, and the gain :math:`g_i` makes
+        :math:`(x_{0,i}, Y_{0,i})` jointly Gaussian with any covariance (as in the exact
+        posterior of a linear Gaussian bridge). At initialisation :math:`a = g = 0` and
+        :math:`M = I`: :math:`q(Y_0 \mid x_0) = p(Y_0)` exactly, so
+        :math:`\mathrm{KL}(q \| p) = 0` and the guide starts at the prior.
+
+        Args:
+            x0_white: :math:`\xi_0`, shape ``(*batch, d)``, or ``None`` to leave out the
+                gain term (:math:`\xi_0 = 0`).
+
+        Returns:
+            A distribution of event shape ``(d, K)``.
+
+        Raises:
+            RuntimeError: If the SDE has no learned :math:`q(Y_0)` (type II or
+                ``learn_y0=False``).
+        """
+        if not self.learn_y0:
+            raise RuntimeError("this FractionalSDE has no q(Y0) (type II or learn_y0=False)")
+        tril = self.stationary_scale_tril()
+        raw = self.q_y0_white_tril_raw
+        m = raw.tril(-1) + torch.diag_embed(raw.diagonal(dim1=-2, dim2=-1).exp())
+        white = self.q_y0_white_loc
+        if x0_white is not None:
+            white = white + self.q_y0_x0_gain * x0_white.unsqueeze(-1)
+        loc = white @ tril.T
+        return dist.MultivariateNormal(loc, scale_tril=tril @ m).to_event(1)
 
     # -- observation times ----------------------------------------------------------------
     def _interpolation(self, obs_times) -> tuple[torch.Tensor, torch.Tensor]:
@@ -593,15 +679,17 @@ class FractionalSDE(nn.Module):
             )
         return cache[key]
 
-    def _initial(self, x0_dist: dist.Distribution) -> tuple[torch.Tensor, torch.Tensor]:
+    def _initial(
+        self,
+        x0_dist: dist.Distribution,
+        y0_dist: Callable[[torch.Tensor], dist.Distribution] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample ``"x0"`` and (type I) ``"y0"`` from ``y0_dist(x0)`` (default the prior)."""
         x0 = pyro.sample("x0", x0_dist)
-        k, d = self.num_processes, self.state_dim
         if self.kind == "I":
-            cov = self.stationary_covariance()
-            y0_dist = dist.MultivariateNormal(cov.new_zeros(d, k), covariance_matrix=cov)
-            y0 = pyro.sample("y0", y0_dist.to_event(1))
+            y0 = pyro.sample("y0", self.prior_y0() if y0_dist is None else y0_dist(x0))
         else:
-            y0 = x0.new_zeros(d, k)
+            y0 = x0.new_zeros(self.state_dim, self.num_processes)
         return x0, y0
 
     # -- increment distributions ----------------------------------------------------------
@@ -678,8 +766,10 @@ class FractionalSDE(nn.Module):
         return path
 
     def guide(self, obs_times=None, obs_values=None, context: torch.Tensor | None = None):
-        r"""The controlled posterior: :math:`q(x_0)` and controlled increments.
+        r"""The controlled posterior: :math:`q(x_0)`, :math:`q(Y_0 \mid x_0)`, increments.
 
+        ``"x0"`` :math:`\sim q(x_0)`, ``"y0"`` (type I) :math:`\sim q(Y_0 \mid x_0)`
+        (:meth:`posterior_y0`; the prior with ``learn_y0=False``), and
         :math:`\Delta W_n \sim \mathcal N(u_n \Delta t, s_n^2 \Delta t\, I_d)` with
         :math:`u_n = u(t_n, X_n, Y_n, c)`, as one site ``"dW"`` whose distribution is the
         autoregressive :class:`ControlledIncrements`; sites as in :meth:`model` (no
@@ -694,8 +784,11 @@ class FractionalSDE(nn.Module):
             The :class:`SDEPath`, with the controls and the per-step KL terms.
         """
         pyro.module(self.name, self)
-        scale = torch.nn.functional.softplus(self.q_x0_raw_scale)
-        x0, y0 = self._initial(dist.Normal(self.q_x0_loc, scale).to_event(1))
+        loc, scale = self.q_x0_loc, torch.nn.functional.softplus(self.q_x0_raw_scale)
+        y0_dist = None
+        if self.learn_y0:
+            y0_dist = lambda x0: self.posterior_y0((x0 - loc) / scale)  # noqa: E731
+        x0, y0 = self._initial(dist.Normal(loc, scale).to_event(1), y0_dist)
         increments = self.posterior_increments(x0, y0, context)
         return increments.path(pyro.sample("dW", increments))
 

@@ -309,6 +309,7 @@ class LatentVideoSDE(nn.Module):
             x0_scale=1.0,
             control=control,
             increment_scale=increment_scale,
+            learn_y0=False,  # the amortised guide below draws Y(0) from its stationary prior
             name=f"{name}_sde",
         )
         # q(x0) is amortised here: the SDE's own global q(x0) is unused, so keep it as buffers
