@@ -11,7 +11,7 @@ sites through Pyro's bijections (``biject_to(site.support)``) and evaluates
 for all particles in *one* execution of the model, with a particle plate left of the model's
 own plates. The model is traced once up front to learn the sites, their shapes and supports;
 optionally (``jit=True``) the evaluation and its gradient are captured once as a graph of ATen
-operations (:func:`~pplx.inference.capture.capture`), so later calls run neither the Python
+operations (:func:`~pplx.capture.capture`), so later calls run neither the Python
 model nor Pyro's handlers nor autograd's bookkeeping.
 """
 
@@ -31,7 +31,7 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import Transform, biject_to
 from torch.distributions.transforms import ComposeTransform, IndependentTransform
 
-from pplx.inference.capture import CaptureError, capture
+from pplx.capture import CaptureError, capture
 from pplx.inference.validation import ModelError, check_model, latent_site_names, trace_or_explain
 from pplx.traces import (
     SiteInfo,
@@ -118,8 +118,10 @@ class Potential:
         jit: Capture the evaluation (and, for :meth:`value_and_grad`, its gradient) once per
             particle shape as a graph of ATen operations and replay it. Minibatch indices are
             inputs of the graph, so models that subsample their data get a fresh minibatch at
-            every call. Like ``torch.jit.trace``, capture fixes Python control flow; a model
-            that cannot be captured falls back to eager evaluation with a warning.
+            every call. Capture refuses models that read tensor values in Python (``.item()``,
+            a branch on a value), so a replayed graph never silently follows a stale branch;
+            such models are evaluated eagerly instead, with a warning for ``jit=True`` and
+            silently for ``jit=None`` ("where the model allows it"). ``False``: always eager.
         check_vectorized: Compare one vectorized evaluation against per-particle evaluations
             and name the first site that does not broadcast over particles.
 
@@ -135,7 +137,7 @@ class Potential:
         kwargs: Mapping[str, Any] | None = None,
         transforms: Mapping[str, Transform] | None = None,
         engine: str = "potential",
-        jit: bool = False,
+        jit: bool | None = False,
         check_vectorized: bool = True,
     ) -> None:
         self.model = model
@@ -312,8 +314,8 @@ class Potential:
     def _captured(
         self, what: str, eager: Callable, z: torch.Tensor, indices: list[torch.Tensor]
     ) -> Callable:
-        """``eager``, or (``jit=True``) its graph captured for this shape, dtype and device."""
-        if not self._jit:
+        """``eager``, or (``jit``) its graph captured for this shape, dtype and device."""
+        if self._jit is False:
             return eager
         key = (what, tuple(z.shape), z.dtype, z.device)
         fn = self._compiled.get(key)
@@ -321,6 +323,9 @@ class Potential:
             try:
                 fn = capture(eager, z.detach(), *indices)
             except CaptureError as error:
+                if self._jit is None:  # "where the model allows it"
+                    fn = self._compiled[key] = eager
+                    return fn
                 warnings.warn(
                     f"{self.engine}: jit=True could not capture the model: {error}. Evaluating "
                     "it eagerly instead; models that compute with tensor operations only "

@@ -186,8 +186,11 @@ class SGLD:
         init: ``"prior"`` or ``"uniform"`` (unconstrained coordinates in ``(-2, 2)``), a
             ``(C, D)`` tensor, or a dict of constrained site values.
         transforms: Site name to a ``Transform`` overriding Pyro's bijection.
-        jit: Compile the log density with the PyTorch tracer (for models without
-            data-dependent control flow; minibatches drawn by the model's plates stay fresh).
+        jit: Capture the log density and its gradient once as a graph of ATen operations and
+            replay it (:class:`~pplx.inference.potential.Potential`); minibatches drawn by the
+            model's plates stay fresh. ``None`` (default): capture where the model allows it,
+            else evaluate eagerly; ``True``: the same, with a warning when the model cannot be
+            captured (it reads tensor values in Python); ``False``: always eager.
         divergence_threshold: A draw whose log density is this many nats below its chain's
             median is flagged as divergent (``sample_stats["diverging"]``), with a warning.
         checkpoint: Checkpoint file, written every ``checkpoint_every`` steps and at the end.
@@ -204,7 +207,7 @@ class SGLD:
         step_size: float | Callable[[int], float] = 1e-3,
         init: str | torch.Tensor | Mapping[str, torch.Tensor] = "prior",
         transforms: Mapping[str, Transform] | None = None,
-        jit: bool = False,
+        jit: bool | None = None,
         divergence_threshold: float = 1000.0,
         checkpoint: str | Path | None = None,
         checkpoint_every: int = 1000,

@@ -132,8 +132,12 @@ class SVGD:
             ``(P, D)`` tensor of the potential's coordinates: unconstrained coordinates for
             SVGD and SVNG, primal (constrained) coordinates for MSVGD and SVMD.
         transforms: Site name to a ``Transform`` overriding Pyro's bijection for that site.
-        jit: Compile the log density with the PyTorch tracer (models without data-dependent
-            control flow; minibatches drawn by the model's plates stay fresh).
+        jit: Capture the log density and its gradient once as a graph of ATen operations and
+            replay it (:class:`~pplx.inference.potential.Potential`): no Python model code, Pyro
+            handler or autograd bookkeeping per step; minibatches drawn by the model's plates
+            stay fresh. ``None`` (default): capture where the model allows it, else evaluate
+            eagerly; ``True``: the same, with a warning when the model cannot be captured
+            (it reads tensor values in Python); ``False``: always eager (easier debugging).
         checkpoint: Checkpoint file, written every ``checkpoint_every`` steps and at the end.
         checkpoint_every: Steps between checkpoints.
         progress_bar: Show a progress bar (``None``: on a terminal).
@@ -151,7 +155,7 @@ class SVGD:
         optim_args: Mapping[str, Any] | None = None,
         init: str | torch.Tensor | Mapping[str, torch.Tensor] = "prior",
         transforms: Mapping[str, Transform] | None = None,
-        jit: bool = False,
+        jit: bool | None = None,
         checkpoint: str | Path | None = None,
         checkpoint_every: int = 100,
         progress_bar: bool | None = None,

@@ -511,7 +511,7 @@ def test_jit_falls_back_to_eager_with_a_warning_when_capture_fails():
 
 
 def test_capture_drops_dead_operations_and_noop_aliases():
-    from pplx.inference.capture import capture
+    from pplx.capture import capture
 
     def fn(x):
         unused = x.exp()  # noqa: F841 - dead

@@ -22,6 +22,26 @@ from collections.abc import Callable
 import pyro
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
+from torch.overrides import TorchFunctionMode
+
+
+class _ValueFree(TorchFunctionMode):
+    """Swap functions that check tensor values in Python for value-free equivalents.
+
+    ``one_hot(c, num_classes)`` checks that ``c`` lies in range (reading its minimum and
+    maximum); with ``num_classes`` given, ``c[..., None] == arange(num_classes)`` computes the
+    same encoding without the check (values out of range give all-zero rows).
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.one_hot:
+            tensor = args[0]
+            num_classes = args[1] if len(args) > 1 else kwargs.get("num_classes", -1)
+            if num_classes >= 0:
+                classes = torch.arange(num_classes, device=tensor.device)
+                return (tensor.unsqueeze(-1) == classes).long()
+        return func(*args, **kwargs)
 
 
 class CaptureError(RuntimeError):
@@ -38,7 +58,7 @@ def capture(fn: Callable, *example_inputs: torch.Tensor) -> torch.fx.GraphModule
         CaptureError: ``fn`` cannot be captured; the message says why.
     """
     try:
-        with pyro.validation_enabled(False), warnings.catch_warnings():
+        with pyro.validation_enabled(False), warnings.catch_warnings(), _ValueFree():
             warnings.simplefilter("ignore")
             graph = make_fx(fn)(*example_inputs)
     except Exception as error:  # noqa: BLE001 - re-raised with a uniform type
