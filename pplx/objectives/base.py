@@ -15,6 +15,7 @@ from typing import Any
 import pyro.infer
 import torch
 
+from pplx.objectives.compiled import CapturedLoss
 from pplx.objectives.program import Terms, plate_nesting_of
 from pplx.objectives.transform import (
     Surrogate,
@@ -50,45 +51,61 @@ class Objective(pyro.infer.ELBO):
         self._jit: dict | None = None
         self._compiled: dict = {}
 
-    def compile(self, ignore_warnings: bool = True, jit_options: dict | None = None) -> Objective:
-        """Compile :meth:`differentiable_loss` with ``torch.jit.trace``; returns ``self``.
+    def compile(
+        self,
+        backend: str = "capture",
+        ignore_warnings: bool = True,
+        jit_options: dict | None = None,
+    ) -> Objective:
+        """Compile :meth:`differentiable_loss`; returns ``self``.
 
-        After one traced run per (model, guide, argument shapes, keyword arguments), each call
-        replays the recorded tensor program without Pyro's handlers, which removes most of the
-        per-step Python overhead. Parameters (``pyro.param`` and ``pyro.module``) are inputs of
-        the compiled program (through ``pyro.ops.jit``), so their gradients flow. Requirements,
-        as for Pyro's ``JitTrace_ELBO``: model and guide have a static structure, tensors come
-        through ``*args`` and non-tensors through ``**kwargs``, and nothing the program does
-        depends on tensor *values* in Python. Stateful baselines (moving averages) are frozen
-        at their value during tracing, which keeps the gradient unbiased.
+        After one eager run per (model, guide, argument shapes, non-tensor arguments), each
+        call replays the recorded tensor program without Pyro's handlers, which removes the
+        per-step Python overhead. Requirements: model and guide have a static structure,
+        tensors come through ``*args``, and nothing the program does depends on tensor
+        *values* in Python. Random draws stay random at every call; stateful baselines
+        (moving averages) are frozen at their value when the program was recorded, which
+        keeps the gradient unbiased.
 
-        It pays off for programs with few sites and large tensors (a VAE step runs at 0.7-0.9x
-        hand-written PyTorch); programs with many sites, such as an SDE with one site per time
-        step, trace to graphs that TorchScript runs much *slower* than eager mode: measure
-        before compiling those.
+        Args:
+            backend: ``"capture"`` (default) records the ATen operations of the forward pass
+                with :func:`pplx.capture.capture` and replays them under autograd, so the
+                backward pass is PyTorch's own; parameters are held by reference (a cleared
+                or reloaded parameter store triggers a new capture). ``"jit"`` traces with
+                ``torch.jit.trace`` through ``pyro.ops.jit``, as Pyro's ``JitTrace_ELBO``.
+            ignore_warnings: ``"jit"`` only: silence the tracer's warnings.
+            jit_options: ``"jit"`` only: options for ``torch.jit.trace``.
         """
-        self._jit = {"ignore_warnings": ignore_warnings, "jit_options": jit_options}
+        if backend not in ("capture", "jit"):
+            raise ValueError(f'compile: backend must be "capture" or "jit", got {backend!r}')
+        self._jit = {
+            "backend": backend,
+            "ignore_warnings": ignore_warnings,
+            "jit_options": jit_options,
+        }
         self._compiled = {}
         return self
 
     def _compiled_loss(self, model: Callable, guide: Callable, args: tuple, kwargs: dict):
         import pyro.ops.jit
 
+        def loss_fn(*args: Any, **kwargs: Any) -> torch.Tensor:
+            return self._sign() * self.surrogate(model, guide, *args, **kwargs).surrogate
+
+        options = dict(self._jit)
+        if options.pop("backend") == "capture":
+            key = (model, guide)
+            if key not in self._compiled:
+                self._compiled[key] = CapturedLoss(loss_fn)
+            return self._compiled[key]
         shapes = tuple(
             (tuple(a.shape), a.dtype, a.device) if isinstance(a, torch.Tensor) else None
             for a in args
         )
         key = (model, guide, shapes)
-        compiled = self._compiled.get(key)
-        if compiled is None:
-
-            def loss_fn(*args: Any, **kwargs: Any) -> torch.Tensor:
-                surrogate = self.surrogate(model, guide, *args, **kwargs).surrogate
-                return self._sign() * surrogate
-
-            compiled = pyro.ops.jit.trace(loss_fn, **self._jit)
-            self._compiled[key] = compiled
-        return compiled
+        if key not in self._compiled:
+            self._compiled[key] = pyro.ops.jit.trace(loss_fn, **options)
+        return self._compiled[key]
 
     # -- the program ------------------------------------------------------------------------
     def program(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> Any:
