@@ -19,12 +19,15 @@ pplx rows (``with_estimators(guide, {"c": ...})``) and their Pyro equivalents:
   looped and vectorized (see the caveat printed below the table)
 * IWAE(K, local_plate="data") + MVD              (no Pyro equivalent)
 
+``--compiled`` adds every pplx row again with ``objective.compile()`` (the program recorded
+once as ATen operations and replayed without Pyro's handlers; see ``Objective.compile``).
+
 After training each row reports the exact ELBO and the exact log p(x) per image on the
 training and held-out images (the class is summed out, so these numbers carry no Monte Carlo
 noise), so it is clear that every row learns.
 
     python benchmarks/discrete_latents.py --threads 1 [--epochs 3] [--batch 100] \
-        [--particles 5] [--device cpu] [--repeats 3] [--skip "+MVD"] [--quick]
+        [--particles 5] [--device cpu] [--repeats 3] [--skip "+MVD"] [--compiled] [--quick]
 
 Timings on a shared machine are noisy; use ``--threads 1`` and compare rows of one run.
 """
@@ -50,8 +53,24 @@ def decaying_baseline(site):
     return {}
 
 
-def methods(k):
-    """(label, make loss, tag the guide, Pyro equivalent label) for every row."""
+def methods(k, compiled=False):
+    """(label, make loss, tag the guide, Pyro equivalent label) for every row.
+
+    With ``compiled``, every pplx row also runs with ``objective.compile()`` (label suffix
+    ``" compiled"``).
+    """
+    rows = _methods(k)
+    if not compiled:
+        return rows
+    extra = [
+        (f"{label} compiled", lambda make=make: make().compile(), tag, group)
+        for label, make, tag, group in rows
+        if label.startswith("pplx")
+    ]
+    return rows[: len(extra)] + extra + rows[len(extra) :]
+
+
+def _methods(k):
     pplx_tag = lambda strategy: lambda g: est.with_estimators(g, {"c": strategy()})  # noqa: E731
     graph = lambda g: poutine.infer_config(g, decaying_baseline)  # noqa: E731
     enum = lambda g: pyro.infer.config_enumerate(g, "parallel")  # noqa: E731
@@ -166,6 +185,9 @@ def main():
     parser.add_argument(
         "--repeats", type=int, default=1, help="rounds over all rows; the fastest is reported"
     )
+    parser.add_argument(
+        "--compiled", action="store_true", help="add compiled rows (objective.compile())"
+    )
     parser.add_argument("--quick", action="store_true", help="1 epoch, 200 images (< 60 s)")
     args = parser.parse_args()
     if args.threads:
@@ -185,7 +207,7 @@ def main():
     )
     best = {}  # label -> row with the fastest epoch over the repeats
     for repeat in range(args.repeats):  # rounds over all rows, so load changes hit every row
-        for label, make_loss, tag, _ in methods(args.particles):
+        for label, make_loss, tag, _ in methods(args.particles, args.compiled):
             if (args.only and args.only not in label) or (args.skip and args.skip in label):
                 continue
             row = run(label, make_loss, tag, train, test, args)
@@ -197,7 +219,7 @@ def main():
                 flush=True,
             )
     rows = list(best.values())
-    report(rows, methods(args.particles), args)
+    report(rows, methods(args.particles, args.compiled), args)
 
 
 def report(rows, specs, args):

@@ -6,11 +6,14 @@ the same step are timed in this one run at batch sizes 128 and 1024:
 
 * hand-written PyTorch (encoder -> rsample -> decoder -> log p - log q, backward, Adam);
 * pplx: ``pplx.objectives.ELBO().differentiable_loss`` on the Pyro model/guide + torch Adam;
-* pplx compiled: the same with ``ELBO().compile()`` (the traced tensor program replayed
+* pplx compiled: the same with ``ELBO().compile()`` (the recorded ATen program replayed
   without Pyro's handlers);
 * Pyro: ``pyro.infer.SVI(..., Trace_ELBO(), pyro.optim.Adam)``.
 
-    python benchmarks/vae_step.py [--steps 100] [--device cpu|cuda] [--batch 128 1024]
+Each implementation keeps its own parameter store; they are timed in interleaved rounds and
+the fastest round of each is reported.
+
+    python benchmarks/vae_step.py [--steps 20] [--rounds 5] [--device cpu|cuda] [--batch 128 1024]
 """
 
 import argparse
@@ -18,7 +21,7 @@ import argparse
 import pyro
 import pyro.distributions as dist
 import torch
-from timing import ms_per_call
+from timing import interleaved_ms
 
 from pplx.datasets import binarized_digits
 from pplx.models import VAE
@@ -61,7 +64,8 @@ def pyro_step(vae, x):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=20, help="steps per timing round")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, nargs="+", default=[128, 1024])
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
@@ -85,28 +89,31 @@ def main():
     print(" ".join(f"{h:>10}" for h in header))
     for batch in args.batch:
         x = data[:batch] if batch <= len(data) else data.repeat(batch // len(data) + 1, 1)[:batch]
-        times = {}
+        steps = {}
         for name in ("hand", "pplx", "compiled", "pyro"):
-            pyro.clear_param_store()
-            pyro.set_rng_seed(0)
-            vae = VAE().to(args.device)
-            if name == "hand":
-                step = handwritten_step(vae, x, torch.optim.Adam(vae.parameters(), lr=1e-3))
-            elif name in ("pplx", "compiled"):
-                opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
-                objective = ELBO(max_plate_nesting=1)
-                if name == "compiled":
-                    objective = objective.compile()
-                step = pplx_step(vae, x, opt, objective)
-            else:
-                step = pyro_step(vae, x)
+            state = {"params": {}, "constraints": {}}  # each implementation its own store
+            with pyro.get_param_store().scope(state):
+                pyro.set_rng_seed(0)
+                vae = VAE().to(args.device)
+                if name == "hand":
+                    step = handwritten_step(vae, x, torch.optim.Adam(vae.parameters(), lr=1e-3))
+                elif name in ("pplx", "compiled"):
+                    opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
+                    objective = ELBO(max_plate_nesting=1)
+                    if name == "compiled":
+                        objective = objective.compile()
+                    step = pplx_step(vae, x, opt, objective)
+                else:
+                    step = pyro_step(vae, x)
             sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
-            def timed(step=step, sync=sync):
-                step()
+            def timed(step=step, sync=sync, state=state):
+                with pyro.get_param_store().scope(state):
+                    step()
                 sync()
 
-            times[name] = ms_per_call(timed, args.steps, warmup=10)
+            steps[name] = timed
+        times = interleaved_ms(steps, args.steps, rounds=args.rounds, warmup=10)
         hand = times["hand"]
         print(
             f"{batch:>10} {hand:10.3f} {times['pplx']:10.3f} {times['compiled']:10.3f} "
