@@ -462,15 +462,22 @@ def fbm_weights(
         ValueError: If ``hurst`` is outside (0, 1), ``gammas`` is empty (K < 1), not
             positive or not distinct, ``horizon <= 0``, or ``kind`` is unknown.
     """
+    kind, hurst, gammas, horizon, out_dtype, cdtype = _weights_arguments(
+        hurst, gammas, horizon, kind
+    )
+    h = hurst.to(device=gammas.device, dtype=cdtype)
+    matrix, rhs = _weights_system(h, gammas.detach().to(cdtype), horizon, kind)
+    return _solve_weights(matrix, rhs).to(out_dtype)
+
+
+def _weights_arguments(hurst, gammas, horizon, kind):
+    """Checked arguments of the weights, their output dtype and the dtype to compute in."""
     kind = _check_kind(kind)
     out_dtype = _infer_dtype(hurst, gammas)
     hurst = _check_hurst(hurst)
     gammas = _check_gammas(gammas)
     horizon = _check_positive(horizon, "horizon")
-    cdtype = _compute_dtype(gammas.device)
-    h = hurst.to(device=gammas.device, dtype=cdtype)
-    matrix, rhs = _weights_system(h, gammas.detach().to(cdtype), horizon, kind)
-    return _solve_weights(matrix, rhs).to(out_dtype)
+    return kind, hurst, gammas, horizon, out_dtype, _compute_dtype(gammas.device)
 
 
 def fbm_weights_jet(
@@ -502,12 +509,9 @@ def fbm_weights_jet(
     Raises:
         ValueError: As :func:`fbm_weights`.
     """
-    kind = _check_kind(kind)
-    out_dtype = _infer_dtype(hurst, gammas)
-    hurst = _check_hurst(hurst)
-    gammas = _check_gammas(gammas)
-    horizon = _check_positive(horizon, "horizon")
-    cdtype = _compute_dtype(gammas.device)
+    kind, hurst, gammas, horizon, out_dtype, cdtype = _weights_arguments(
+        hurst, gammas, horizon, kind
+    )
     g = gammas.detach().to(cdtype)
     h = hurst.detach().to(device=gammas.device, dtype=cdtype)
     with torch.enable_grad():
