@@ -8,7 +8,9 @@ Data via Koopman VAEs" (KoVAE). For a batch of sequences :math:`x_{1:T}` (featur
   the observations (missing entries zero-filled, the observation mask as extra inputs) with a
   per-step Gaussian read-out;
 * **model**: an autoregressive prior network :math:`p(z_t \mid z_{<t}) = N(m_t, s_t^2)`
-  (a GRU cell fed the previous latent), a decoder (GRU, linear, sigmoid) and the likelihood
+  (a GRU cell fed the previous latent; ``prior_kl="free"`` instead takes the per-step
+  Gaussians of the free rollout below, as the official code does), a decoder (GRU, linear,
+  sigmoid) and the likelihood
   :math:`x_{t,j} \sim N(\hat x_{t,j}(z), \sigma_x^2)` over the observed entries only;
 * **Koopman prior**: the prior network, run freely, proposes latents
   :math:`\bar z_{1:T}`; a Koopman matrix is fitted by ridge least squares over the batch,
@@ -191,6 +193,14 @@ class KoopmanVAE(nn.Module):
             :meth:`predictive_loss`.
         bidirectional_decoder: Bidirectional decoder GRU (the official code's choice; it did
             not improve short CPU runs on sine, so it is off by default).
+        prior_kl: ``"conditional"`` (default): the prior of :math:`z_t` is the prior network
+            fed the guide's :math:`z_{<t}`, :math:`N(m_t(z_{<t}), s_t^2(z_{<t}))`, so the
+            objective is the ELBO of the autoregressive prior that :meth:`sample` draws from.
+            ``"free"``: as in the official code, the KL is taken against the per-step
+            Gaussians :math:`N(m_t(\bar z_{<t}), s_t^2)` of the free prior rollout
+            :math:`\bar z` that also enters the predictive loss, independent of :math:`x`;
+            the prior means then carry no information about the posterior path and the prior
+            learns about white noise around a fixed mean path (rougher samples in short runs).
     """
 
     def __init__(
@@ -209,6 +219,7 @@ class KoopmanVAE(nn.Module):
         obs_scale: float = 1 / math.sqrt(2),
         pred_loss: str = "relative",
         bidirectional_decoder: bool = False,
+        prior_kl: str = "conditional",
     ) -> None:
         super().__init__()
         for name, value in (("x_dim", x_dim), ("z_dim", z_dim), ("hidden", hidden)):
@@ -227,6 +238,9 @@ class KoopmanVAE(nn.Module):
             raise ValueError(f'pred_loss must be "relative" or "sum", got {pred_loss!r}')
         self.num_unit_eigs, self.ridge, self.obs_scale = num_unit_eigs, ridge, obs_scale
         self.pred_loss = pred_loss
+        if prior_kl not in ("conditional", "free"):
+            raise ValueError(f'prior_kl must be "conditional" or "free", got {prior_kl!r}')
+        self.prior_kl = prior_kl
         directions = 2 if bidirectional else 1
         # Encoder input: zero-filled observations plus the observation mask.
         self.encoder = nn.GRU(
@@ -316,17 +330,25 @@ class KoopmanVAE(nn.Module):
 
     def prior_rollout(self, n: int, length: int, like: torch.Tensor | None = None) -> torch.Tensor:
         r"""Run the prior network freely: reparameterised samples :math:`\bar z`, ``(n, T, k)``."""
+        return self._rollout(n, length, like)[0]
+
+    def _rollout(
+        self, n: int, length: int, like: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Free prior rollout: samples, and the per-step locs and scales, each ``(n, T, k)``."""
         p = self.prior_out.weight
         dtype = like.dtype if like is not None else p.dtype
         device = like.device if like is not None else p.device
         z = torch.zeros(n, self.z_dim, dtype=dtype, device=device)
         h = torch.zeros(n, self.hidden, dtype=dtype, device=device)
-        out = []
+        zs, locs, scales = [], [], []
         for _ in range(length):
             loc, scale, h = self._prior_step(z, h)
             z = loc + scale * torch.randn_like(loc)
-            out.append(z)
-        return torch.stack(out, 1)
+            zs.append(z)
+            locs.append(loc)
+            scales.append(scale)
+        return torch.stack(zs, 1), torch.stack(locs, 1), torch.stack(scales, 1)
 
     def predictive_loss(self, zbar: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
         r"""Predictive loss of the prior latents ``zbar`` ``(n, T, k)`` under :math:`A`.
@@ -354,13 +376,20 @@ class KoopmanVAE(nn.Module):
         n, T, _ = x.shape
         if self.training:
             self.train_len.fill_(T)
+        free = self.prior_kl == "free"
+        zbar = locs = scales = None
+        if free:
+            zbar, locs, scales = self._rollout(n, T, like=filled)
         z_prev = filled.new_zeros(n, self.z_dim)
         h = filled.new_zeros(n, self.hidden)
         zs = []
         with pyro.plate("data", n):
             with poutine.scale(scale=self.beta):
                 for t in range(T):
-                    loc, scale, h = self._prior_step(z_prev, h)
+                    if free:
+                        loc, scale = locs[:, t], scales[:, t]
+                    else:
+                        loc, scale, h = self._prior_step(z_prev, h)
                     z_prev = pyro.sample(f"z_{t}", dist.Normal(loc, scale).to_event(1))
                     zs.append(z_prev)
             z = torch.stack(zs, -2)
@@ -368,7 +397,8 @@ class KoopmanVAE(nn.Module):
             obs_dist = dist.Normal(x_hat, self.obs_scale).mask(mask3).to_event(2)
             pyro.sample("x", obs_dist, obs=filled)
         if self.alpha > 0 or self.gamma > 0:
-            zbar = self.prior_rollout(n, T, like=filled)
+            if zbar is None:  # drawn after the sites (the default random stream)
+                zbar = self.prior_rollout(n, T, like=filled)
             A = koopman_matrix(zbar, self.ridge)
             if self.alpha > 0:
                 pred = self.predictive_loss(zbar, A)
@@ -427,19 +457,29 @@ class KoopmanVAE(nn.Module):
         *,
         prior_steps: int | None = None,
         num_fit: int = 512,
+        mean_latents: bool = False,
     ) -> torch.Tensor:
-        """Generate ``n`` series of ``length`` steps.
+        r"""Generate ``n`` series of ``length`` steps.
 
         The prior network proposes the first ``prior_steps`` latents (default: the training
         length); later latents follow the linear dynamics :math:`z_{t+1} = z_t A` with
         :math:`A` fitted to ``max(n, num_fit)`` prior rollouts; the decoder maps the latents
         to data. ``prior_steps=1`` generates from the Koopman dynamics alone.
 
+        By default the decoder gets the sampled latents :math:`z_t \sim N(m_t, s_t^2)`, as in
+        training (where it gets posterior samples) and in the official code. The per-step
+        noise :math:`s_t` passes through the decoder as step-to-step roughness, which the
+        reconstructions of posterior samples show to the same degree; ``mean_latents=True``
+        decodes the prior means :math:`m_t(z_{<t})` of the sampled histories instead
+        (smoother series, not samples of the model).
+
         Args:
             n: Number of series.
             length: Steps per series (default: the training length); may exceed it.
             prior_steps: Steps taken by the prior network before the linear roll-out.
             num_fit: Minimum number of rollouts used to fit :math:`A`.
+            mean_latents: Decode the prior means :math:`m_t` (the history :math:`z_{<t}` is
+                still sampled) instead of the sampled latents.
 
         Returns:
             A tensor ``(n, length, x_dim)``.
@@ -453,8 +493,12 @@ class KoopmanVAE(nn.Module):
             raise ValueError(f"prior_steps must be in [1, length={length}], got {prior_steps!r}")
         fit_len = max(prior_steps, min(train_len, length), 2)
         m = max(n, num_fit)
-        zbar = self.prior_rollout(m, fit_len)
-        z = zbar[:n, :prior_steps]
+        if mean_latents:
+            zbar, locs, _ = self._rollout(m, fit_len)
+            z = locs[:n, :prior_steps]
+        else:
+            zbar = self.prior_rollout(m, fit_len)
+            z = zbar[:n, :prior_steps]
         if prior_steps < length:
             A = koopman_matrix(zbar, self.ridge)
             steps = [z[:, -1]]

@@ -6,6 +6,7 @@ import matplotlib
 import pyro
 import pytest
 import torch
+from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
 
 from pplx.models import KoopmanVAE
@@ -238,6 +239,42 @@ def test_sample_longer_than_training_and_eigenvalue_report():
     ax = plot_eigenvalues(eig)
     assert len(ax.collections) == 1
     matplotlib.pyplot.close("all")
+
+
+def test_sample_mean_latents_decodes_prior_means_of_sampled_histories():
+    m = small_model()
+    x = sine(8)
+    SVI(m.model, m.guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO()).step(x)
+    pyro.set_rng_seed(3)
+    smooth = m.sample(6, mean_latents=True)
+    pyro.set_rng_seed(3)
+    z, locs, scales = m._rollout(512, 12)
+    assert torch.allclose(smooth, m.decode(locs[:6]))
+    assert not torch.allclose(z, locs)  # the decoded means differ from the samples
+    pyro.set_rng_seed(3)
+    assert torch.allclose(m.sample(6), m.decode(z[:6]))
+    # the prior means still depend on the sampled history: the series differ
+    assert smooth.std(0).max() > 0
+    assert m.sample(3, 20, mean_latents=True).shape == (3, 20, 3)
+
+
+def test_prior_kl_free_uses_the_free_rollout_as_prior():
+    """``prior_kl="free"`` (official code): the prior of ``z_t`` does not see the guide's
+    ``z_{<t}``; ``"conditional"``: it does."""
+    x = sine(4)
+    for kind, depends in (("conditional", True), ("free", False)):
+        pyro.set_rng_seed(0)
+        m = small_model(prior_kl=kind)
+        guide_tr = poutine.trace(m.guide).get_trace(x)
+        z0 = guide_tr.nodes["z_0"]["value"]
+        tr = poutine.trace(poutine.replay(m.model, trace=guide_tr)).get_trace(x)
+        loc1 = tr.nodes["z_1"]["fn"].base_dist.loc
+        grad = torch.autograd.grad(loc1.sum(), z0, allow_unused=True)[0]
+        assert (grad is not None and grad.abs().sum() > 0) == depends
+        loss = Trace_ELBO().differentiable_loss(m.model, m.guide, x)
+        assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match="prior_kl"):
+        small_model(prior_kl="marginal")
 
 
 def test_model_follows_input_dtype():
