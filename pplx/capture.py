@@ -67,7 +67,7 @@ def capture(fn: Callable, *example_inputs: torch.Tensor) -> torch.fx.GraphModule
         else:
             reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         raise CaptureError(reason) from error
-    _simplify(graph.graph)
+    _simplify(graph)
     graph.recompile()
     return graph
 
@@ -91,22 +91,66 @@ def _shape(node: object) -> tuple | None:
     return tuple(value.shape) if isinstance(value, torch.Tensor) else None
 
 
-def _simplify(graph: torch.fx.Graph) -> None:
-    """Drop dead operations and, in graphs without in-place operations, no-op aliases.
+def _simplify(module: torch.fx.GraphModule) -> None:
+    """Drop dead operations, and (without in-place operations) fold constants and no-op views.
 
     Each operation costs a few microseconds of dispatch at replay, which is what a captured
-    graph of a small model spends its time on. Views and expansions to the input's own shape,
-    ``alias``, and copies of constants (``lift_fresh_copy``) do nothing when no operation
-    writes into a tensor in place.
+    graph of a small model spends its time on. Operations whose inputs are all constants that
+    need no gradient (a prior's scale, its logarithm, the transposed data) are computed once
+    here. Views and expansions to the input's own shape, ``alias``, ``x ** 1`` and copies of
+    constants (``lift_fresh_copy``) do nothing when no operation writes into a tensor in place.
     """
+    graph = module.graph
     graph.eliminate_dead_code()
     calls = [n for n in graph.nodes if n.op == "call_function"]
     if any(_mutates(n) for n in calls):
         return
-    for node in calls:
+    _fold_constants(module)
+    for node in [n for n in graph.nodes if n.op == "call_function"]:
         source = node.args[0] if node.args else None
-        if node.target is torch.ops.aten.lift_fresh_copy.default or (
-            node.target in _ALIASES and _shape(node) is not None and _shape(node) == _shape(source)
+        if (
+            node.target is torch.ops.aten.lift_fresh_copy.default
+            or (node.target is torch.ops.aten.pow.Tensor_Scalar and node.args[1] == 1)
+            or (
+                node.target in _ALIASES
+                and _shape(node) is not None
+                and _shape(node) == _shape(source)
+            )
         ):
             node.replace_all_uses_with(source)
             graph.erase_node(node)
+
+
+def _fold_constants(module: torch.fx.GraphModule) -> None:
+    """Replace deterministic operations on gradient-free constants by their (tensor) result."""
+    graph = module.graph
+    values: dict[torch.fx.Node, torch.Tensor] = {}
+    for node in graph.nodes:
+        if node.op == "get_attr":
+            value = getattr(module, node.target, None)
+            if isinstance(value, torch.Tensor) and not value.requires_grad:
+                values[node] = value
+        elif (
+            node.op == "call_function"
+            and isinstance(node.target, torch._ops.OpOverload)
+            and torch.Tag.nondeterministic_seeded not in node.target.tags
+            and all(n in values for n in node.all_input_nodes)
+        ):
+            args = torch.fx.node.map_arg(node.args, values.__getitem__)
+            kwargs = torch.fx.node.map_arg(node.kwargs, values.__getitem__)
+            with torch.no_grad():
+                result = node.target(*args, **kwargs)
+            if isinstance(result, torch.Tensor):
+                values[node] = result
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node not in values:
+            continue
+        if all(user in values for user in node.users):
+            continue  # only feeds other folded operations
+        name = f"_folded_{node.name}"
+        module.register_buffer(name, values[node], persistent=False)
+        with graph.inserting_before(node):
+            constant = graph.get_attr(name)
+        constant.meta = dict(node.meta)
+        node.replace_all_uses_with(constant)
+    graph.eliminate_dead_code()

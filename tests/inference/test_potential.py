@@ -508,18 +508,3 @@ def test_jit_falls_back_to_eager_with_a_warning_when_capture_fails():
     expected = Potential(item_model, (Y_OBS,)).value_and_grad(z)
     torch.testing.assert_close(value, expected[0])
     torch.testing.assert_close(grad, expected[1])
-
-
-def test_capture_drops_dead_operations_and_noop_aliases():
-    from pplx.capture import capture
-
-    def fn(x):
-        unused = x.exp()  # noqa: F841 - dead
-        return (x.view(x.shape).expand(x.shape) * 2).reshape(3, 2)
-
-    graph = capture(fn, torch.ones(2, 3))
-    ops = [n.target for n in graph.graph.nodes if n.op == "call_function"]
-    assert ops == [torch.ops.aten.mul.Tensor, torch.ops.aten.view.default]
-    torch.testing.assert_close(
-        graph(torch.arange(6.0).reshape(2, 3)), torch.arange(0.0, 12, 2).reshape(3, 2)
-    )
