@@ -77,17 +77,19 @@ def test_compiled_objective_draws_fresh_randomness_and_recompiles_for_new_shapes
     assert compiled_programs(objective) == 2
 
 
+def normal_model(x):
+    loc = pyro.sample("loc", dist.Normal(x.new_tensor(0.0), 1.0))
+    with pyro.plate("data", len(x)):
+        pyro.sample("x", dist.Normal(loc, 1.0), obs=x)
+
+
+def normal_guide(x):
+    m = pyro.param("m", x.new_tensor(0.0))
+    s = pyro.param("s", x.new_tensor(1.0), constraint=dist.constraints.positive)
+    pyro.sample("loc", dist.Normal(m, s))
+
+
 def test_compiled_objective_trains_with_pyro_svi():
-    def normal_model(x):
-        loc = pyro.sample("loc", dist.Normal(x.new_tensor(0.0), 1.0))
-        with pyro.plate("data", len(x)):
-            pyro.sample("x", dist.Normal(loc, 1.0), obs=x)
-
-    def normal_guide(x):
-        m = pyro.param("m", x.new_tensor(0.0))
-        s = pyro.param("s", x.new_tensor(1.0), constraint=dist.constraints.positive)
-        pyro.sample("loc", dist.Normal(m, s))
-
     data = torch.randn(20, dtype=torch.float64) + 2.0
     svi = pyro.infer.SVI(
         normal_model,
@@ -155,16 +157,6 @@ def test_compiled_objective_trains_with_the_pplx_svi_engine():
     # The engine swaps its own parameter dict into the store (scope): the recorded program
     # must see those tensors, and the optimizer must update them in place.
     from pplx.inference import SVI
-
-    def normal_model(x):
-        loc = pyro.sample("loc", dist.Normal(x.new_tensor(0.0), 1.0))
-        with pyro.plate("data", len(x)):
-            pyro.sample("x", dist.Normal(loc, 1.0), obs=x)
-
-    def normal_guide(x):
-        m = pyro.param("m", x.new_tensor(0.0))
-        s = pyro.param("s", x.new_tensor(1.0), constraint=dist.constraints.positive)
-        pyro.sample("loc", dist.Normal(m, s))
 
     pyro.set_rng_seed(0)
     data = torch.randn(50, dtype=torch.float64) + 2.0
