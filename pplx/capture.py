@@ -121,8 +121,30 @@ def _simplify(module: torch.fx.GraphModule) -> None:
             graph.erase_node(node)
 
 
+_METADATA_ONLY = {  # results depend on their first input's shape, dtype and device only
+    torch.ops.aten.new_full.default,
+    torch.ops.aten.new_zeros.default,
+    torch.ops.aten.new_ones.default,
+    torch.ops.aten.full_like.default,
+    torch.ops.aten.zeros_like.default,
+    torch.ops.aten.ones_like.default,
+}
+
+
+def _placeholder_like(node: torch.fx.Node) -> torch.Tensor | None:
+    """An uninitialised tensor with the metadata ``node`` had at capture time."""
+    value = node.meta.get("val")
+    if not isinstance(value, torch.Tensor):
+        return None
+    return torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device=value.device)
+
+
 def _fold_constants(module: torch.fx.GraphModule) -> None:
-    """Replace deterministic operations on gradient-free constants by their (tensor) result."""
+    """Replace deterministic operations on gradient-free constants by their (tensor) result.
+
+    Operations that read only their input's metadata (``new_full``, ``ones_like``...) count as
+    constant whatever the input, since shapes, dtypes and devices are fixed at capture.
+    """
     graph = module.graph
     values: dict[torch.fx.Node, torch.Tensor] = {}
     for node in graph.nodes:
@@ -130,14 +152,25 @@ def _fold_constants(module: torch.fx.GraphModule) -> None:
             value = getattr(module, node.target, None)
             if isinstance(value, torch.Tensor) and not value.requires_grad:
                 values[node] = value
-        elif (
-            node.op == "call_function"
-            and isinstance(node.target, torch._ops.OpOverload)
-            and torch.Tag.nondeterministic_seeded not in node.target.tags
-            and all(n in values for n in node.all_input_nodes)
+            continue
+        if (
+            node.op != "call_function"
+            or not isinstance(node.target, torch._ops.OpOverload)
+            or torch.Tag.nondeterministic_seeded in node.target.tags
         ):
-            args = torch.fx.node.map_arg(node.args, values.__getitem__)
-            kwargs = torch.fx.node.map_arg(node.kwargs, values.__getitem__)
+            continue
+        source, placeholder = None, None
+        if node.target in _METADATA_ONLY and isinstance(node.args[0], torch.fx.Node):
+            source, placeholder = node.args[0], _placeholder_like(node.args[0])
+
+        def value_of(n: torch.fx.Node, source=source, placeholder=placeholder) -> torch.Tensor:
+            return placeholder if n is source and placeholder is not None else values[n]
+
+        if all(
+            n in values or (n is source and placeholder is not None) for n in node.all_input_nodes
+        ):
+            args = torch.fx.node.map_arg(node.args, value_of)
+            kwargs = torch.fx.node.map_arg(node.kwargs, value_of)
             with torch.no_grad():
                 result = node.target(*args, **kwargs)
             if isinstance(result, torch.Tensor):

@@ -56,3 +56,11 @@ def test_capture_refuses_functions_that_read_tensor_values():
 def test_one_hot_is_captured_without_reading_values():
     graph = capture(lambda c: torch.nn.functional.one_hot(c, 4).float(), torch.tensor([0, 1]))
     torch.testing.assert_close(graph(torch.tensor([3, 2])), torch.eye(4)[[3, 2]])
+
+
+def test_operations_that_read_only_metadata_are_folded():
+    # ones_like(x) depends on x's shape, dtype and device only, all fixed at capture.
+    graph = capture(lambda x: x * torch.ones_like(x).add(1.0).log(), torch.zeros(3))
+    assert ops(graph) == [torch.ops.aten.mul.Tensor]
+    x = torch.tensor([1.0, 2.0, 3.0])
+    torch.testing.assert_close(graph(x), x * torch.tensor(2.0).log())
