@@ -6,7 +6,8 @@ program with one parameter, ``pyro.param("hurst", constraint=interval(0, 1))``, 
 observed under the exact covariance of the type-I Markov approximation
 (pplx.processes.ma_fbm_covariance: K Ornstein-Uhlenbeck processes on a geometric speed grid,
 weights differentiable in H). With an empty guide the ELBO (pplx.objectives.ELBO) is the
-log-likelihood, so maximising it by L-BFGS gives the maximum-likelihood H. The table compares
+log-likelihood, so maximising it by L-BFGS (pplx.processes.fit_hurst) gives the maximum-likelihood
+H. The table compares
 
 * the wide grid (K = 10 speeds on [1e-4, 1e4]),
 * the grid of Daems et al. (K = 5 on [0.05, 20]), too slow for lags of 0.01 at small H,
@@ -23,14 +24,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import pyro  # noqa: E402
-import pyro.distributions as dist  # noqa: E402
 import torch  # noqa: E402
-from torch.distributions import constraints  # noqa: E402
 
-from pplx.objectives import ELBO  # noqa: E402
 from pplx.processes import (  # noqa: E402
     fbm_covariance,
+    fit_hurst,
     geometric_gammas,
     ma_fbm_covariance,
     sample_fbm,
@@ -42,37 +40,10 @@ WIDE = dict(num_processes=10, gamma_max=1e4, gamma_min=1e-4)
 PAPER = dict(num_processes=5, gamma_max=20.0)  # gamma_min = 1 / gamma_max = 0.05
 
 
-def model(paths, covariance):
-    """Paths ~ N(0, C(H)) independently, with H a constrained Pyro parameter."""
-    hurst = pyro.param(
-        "hurst", torch.tensor(0.5, dtype=F64), constraint=constraints.interval(0.0, 1.0)
-    )
-    cov = covariance(hurst)
-    with pyro.plate("paths", paths.shape[0]):
-        pyro.sample("x", dist.MultivariateNormal(paths.new_zeros(paths.shape[-1]), cov), obs=paths)
-
-
-def guide(paths, covariance):
-    """Empty: H is a parameter, so the ELBO is the log-likelihood (maximum likelihood)."""
-
-
-def fit_hurst(paths, covariance, max_iter=50):
-    """Maximum-likelihood H by L-BFGS on the ELBO; returns (H, seconds)."""
+def timed_fit(paths, covariance):
+    """Maximum-likelihood H (pplx.processes.fit_hurst) and the seconds it took."""
     start = time.perf_counter()
-    pyro.clear_param_store()
-    loss_fn = ELBO().differentiable_loss
-    loss_fn(model, guide, paths, covariance)  # registers the parameter
-    raw = pyro.param("hurst").unconstrained()
-    optim = torch.optim.LBFGS([raw], max_iter=max_iter, line_search_fn="strong_wolfe")
-
-    def closure():
-        optim.zero_grad()
-        loss = loss_fn(model, guide, paths, covariance)
-        loss.backward()
-        return loss
-
-    optim.step(closure)
-    return float(pyro.param("hurst").detach()), time.perf_counter() - start
+    return fit_hurst(paths, covariance), time.perf_counter() - start
 
 
 def main():
@@ -103,7 +74,7 @@ def main():
     for hurst in hursts:
         paths = sample_fbm((HORIZON, args.steps), hurst, args.paths, generator=gen, dtype=F64)
         paths = paths[:, 1:]
-        exact, _ = fit_hurst(paths, lambda h: fbm_covariance(times, h, kind="I"))
+        exact, _ = timed_fit(paths, lambda h: fbm_covariance(times, h, kind="I"))
         line = f"{hurst:6.2f}  {exact:10.4f}"
         row = {"true": hurst, "exact": exact, "paths": paths}
         for name, gammas in grids.items():
@@ -111,7 +82,7 @@ def main():
             def covariance(h, gammas=gammas):
                 return ma_fbm_covariance(times, h, gammas, kind="I")
 
-            estimate, seconds = fit_hurst(paths, covariance)
+            estimate, seconds = timed_fit(paths, covariance)
             line += f"  {estimate:13.4f} {estimate - hurst:+7.4f} {seconds:5.2f}"
             row[name] = estimate
         print(line, flush=True)

@@ -11,6 +11,7 @@ weighted sum of :math:`K` Ornstein-Uhlenbeck processes driven by one shared Brow
 * :mod:`pplx.processes.sde`: fractional SDEs as a Pyro model (Euler-Maruyama prior over the
   augmented state) and guide (controlled posterior), whose ELBO's path KL is the Girsanov
   term;
+* :mod:`pplx.processes.hurst`: maximum-likelihood Hurst index from observed paths;
 * :mod:`pplx.processes.special`: regularised incomplete gamma functions with a gradient in
   the shape parameter (which :mod:`torch.special` lacks).
 
@@ -28,6 +29,7 @@ from pplx.processes.fbm import (
     sample_fbm,
     sample_ma_fbm,
 )
+from pplx.processes.hurst import fit_hurst, hurst_guide, hurst_model
 from pplx.processes.sde import (
     ControlNet,
     FractionalSDE,
@@ -47,6 +49,9 @@ __all__ = [
     "SDEPath",
     "euler_linear_moments",
     "gaussian_condition",
+    "fit_hurst",
+    "hurst_guide",
+    "hurst_model",
     "fbm_covariance",
     "fbm_weights",
     "gammainc",

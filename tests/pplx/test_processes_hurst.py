@@ -13,13 +13,19 @@ fastest speed is too slow for lags of 0.01).
 """
 
 import pyro
-import pyro.distributions as dist
 import pytest
 import torch
-from torch.distributions import constraints
 
 from pplx.objectives import ELBO
-from pplx.processes import fbm_covariance, geometric_gammas, ma_fbm_covariance, sample_fbm
+from pplx.processes import (
+    fbm_covariance,
+    fit_hurst,
+    geometric_gammas,
+    hurst_guide,
+    hurst_model,
+    ma_fbm_covariance,
+    sample_fbm,
+)
 
 F64 = torch.float64
 HORIZON, NUM_STEPS, NUM_PATHS = 1.0, 100, 64
@@ -34,37 +40,6 @@ def _paths(hurst, seed=0):
 
 def _times():
     return torch.linspace(0.0, HORIZON, NUM_STEPS + 1, dtype=F64)[1:]
-
-
-def _model(paths, covariance):
-    hurst = pyro.param(
-        "hurst", torch.tensor(0.5, dtype=F64), constraint=constraints.interval(0.0, 1.0)
-    )
-    cov = covariance(hurst)
-    with pyro.plate("paths", paths.shape[0]):
-        pyro.sample("x", dist.MultivariateNormal(paths.new_zeros(paths.shape[-1]), cov), obs=paths)
-
-
-def _guide(paths, covariance):
-    pass
-
-
-def fit_hurst(paths, covariance, max_iter=50):
-    """Maximum likelihood H: L-BFGS on the (exact, single-particle) ELBO of an empty guide."""
-    pyro.clear_param_store()
-    loss_fn = ELBO().differentiable_loss
-    loss_fn(_model, _guide, paths, covariance)  # registers the parameter
-    raw = pyro.param("hurst").unconstrained()
-    optim = torch.optim.LBFGS([raw], max_iter=max_iter, line_search_fn="strong_wolfe")
-
-    def closure():
-        optim.zero_grad()
-        loss = loss_fn(_model, _guide, paths, covariance)
-        loss.backward()
-        return loss
-
-    optim.step(closure)
-    return float(pyro.param("hurst").detach())
 
 
 @pytest.mark.parametrize("hurst", [0.2, 0.5, 0.8])
@@ -90,7 +65,7 @@ def test_elbo_of_empty_guide_is_the_log_likelihood():
         return ma_fbm_covariance(times, h, gammas, kind="I", horizon=HORIZON)
 
     pyro.clear_param_store()
-    loss = ELBO().differentiable_loss(_model, _guide, paths, covariance)
+    loss = ELBO().differentiable_loss(hurst_model, hurst_guide, paths, covariance)
     cov = covariance(torch.tensor(0.5, dtype=F64))
     expected = torch.distributions.MultivariateNormal(torch.zeros(20, dtype=F64), cov)
     torch.testing.assert_close(loss, -expected.log_prob(paths).sum())
