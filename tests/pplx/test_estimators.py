@@ -207,6 +207,20 @@ def test_event_shaped_normal_site_elbo_unbiased(strategy):
 # ------------------------------------------------------------------ Gamma, Beta, Dirichlet
 # Conjugate models: the ELBO needs only E[z], E[log z] (digamma) and the guide's entropy.
 
+
+def conjugate_guide(family, inits):
+    """``strategy -> guide``: ``z ~ family(*params)`` with positive parameters from ``inits``."""
+
+    def make(strategy):
+        def guide():
+            params = [pyro.param(n, v, constraint=c) for n, (v, c) in inits.items()]
+            pyro.sample("z", family(*params), infer={"estimator": strategy})
+
+        return guide
+
+    return make
+
+
 X_GP = t(3.0, 1.0, 4.0)
 INITS_GAMMA = {"a": (t(0.6), constraints.positive), "b": (t(1.5), constraints.positive)}
 
@@ -215,15 +229,6 @@ def gamma_poisson_model():
     z = pyro.sample("z", dist.Gamma(t(2.0), t(1.0)))
     with pyro.plate("data", 3):
         pyro.sample("x", dist.Poisson(z), obs=X_GP)
-
-
-def gamma_guide(strategy):
-    def guide():
-        a = pyro.param("a", INITS_GAMMA["a"][0], constraint=constraints.positive)
-        b = pyro.param("b", INITS_GAMMA["b"][0], constraint=constraints.positive)
-        pyro.sample("z", dist.Gamma(a, b), infer={"estimator": strategy})
-
-    return guide
 
 
 def gamma_poisson_loss(a, b):
@@ -241,15 +246,6 @@ def beta_bernoulli_model():
     z = pyro.sample("z", dist.Beta(t(1.5), t(1.5)))
     with pyro.plate("data", 4):
         pyro.sample("x", dist.Bernoulli(z), obs=X_BB)
-
-
-def beta_guide(strategy):
-    def guide():
-        a = pyro.param("a", INITS_BETA["a"][0], constraint=constraints.positive)
-        b = pyro.param("b", INITS_BETA["b"][0], constraint=constraints.positive)
-        pyro.sample("z", dist.Beta(a, b), infer={"estimator": strategy})
-
-    return guide
 
 
 def beta_bernoulli_loss(a, b):
@@ -271,14 +267,6 @@ def dirichlet_categorical_model():
         pyro.sample("x", dist.Categorical(z), obs=X_DC)
 
 
-def dirichlet_guide(strategy):
-    def guide():
-        a = pyro.param("a", INITS_DIR["a"][0], constraint=constraints.positive)
-        pyro.sample("z", dist.Dirichlet(a), infer={"estimator": strategy})
-
-    return guide
-
-
 def dirichlet_categorical_loss(a):
     log_z = torch.digamma(a) - torch.digamma(a.sum())
     log_prior = (
@@ -289,11 +277,21 @@ def dirichlet_categorical_loss(a):
 
 
 FAMILIES = {
-    "gamma": (gamma_poisson_model, gamma_guide, gamma_poisson_loss, INITS_GAMMA),
-    "beta": (beta_bernoulli_model, beta_guide, beta_bernoulli_loss, INITS_BETA),
+    "gamma": (
+        gamma_poisson_model,
+        conjugate_guide(dist.Gamma, INITS_GAMMA),
+        gamma_poisson_loss,
+        INITS_GAMMA,
+    ),
+    "beta": (
+        beta_bernoulli_model,
+        conjugate_guide(dist.Beta, INITS_BETA),
+        beta_bernoulli_loss,
+        INITS_BETA,
+    ),
     "dirichlet": (
         dirichlet_categorical_model,
-        dirichlet_guide,
+        conjugate_guide(dist.Dirichlet, INITS_DIR),
         dirichlet_categorical_loss,
         INITS_DIR,
     ),
