@@ -4,18 +4,21 @@ Particle engines evaluate the same Pyro model, at the same shapes, thousands of 
 the model through Pyro's handlers every step costs far more than the tensor work when there
 are few particles. :func:`capture` runs the function once under
 :func:`torch.fx.experimental.proxy_tensor.make_fx` and keeps the ATen operations it issued
-(forward *and* backward, when the function calls :func:`torch.autograd.grad`), with dead
-operations removed. Replaying that graph runs no Python model code, no Pyro handler and no
+(forward *and* backward, when the function calls :func:`torch.autograd.grad`), simplified
+(see :func:`capture`). Replaying that graph runs no Python model code, no Pyro handler and no
 autograd bookkeeping.
 
-Like :func:`torch.jit.trace`, capture records one path through the program: Python control
-flow on tensor values is fixed at capture time, and shapes are fixed (capture again for new
-shapes). Random operations inside the function stay random; anything that must change from
-call to call (minibatch indices, say) should be an input.
+Capture records one path through the program at fixed shapes (capture again for new shapes):
+Python control flow on shapes or on Python state is fixed at capture time, while a function
+that reads a tensor's *value* in Python (``.item()``, a branch on a value) is refused with a
+:class:`CaptureError` instead of being frozen as :func:`torch.jit.trace` would. Random
+operations inside the function stay random; anything else that must change from call to call
+(minibatch indices, say) should be an input.
 """
 
 from __future__ import annotations
 
+import operator
 import warnings
 from collections.abc import Callable
 
@@ -49,7 +52,11 @@ class CaptureError(RuntimeError):
 
 
 def capture(fn: Callable, *example_inputs: torch.Tensor) -> torch.fx.GraphModule:
-    """The ATen graph of ``fn`` at these example inputs, dead operations removed.
+    """The ATen graph of ``fn`` at these example inputs, simplified.
+
+    Dead operations are removed and, in graphs without in-place operations, operations on
+    gradient-free constants or on input metadata only are computed once, and no-op views are
+    dropped.
 
     Validation (Pyro's and torch.distributions') is switched off while capturing: its checks
     read tensor values in Python, which a captured graph cannot do at replay time.
@@ -82,6 +89,9 @@ _ALIASES = {
 
 
 def _mutates(node: torch.fx.Node) -> bool:
+    """Whether ``node`` may write into a tensor (unknown callables are assumed to)."""
+    if node.target is operator.getitem:  # unpacks an operation's tuple of results
+        return False
     schema = getattr(node.target, "_schema", None)
     return schema is None or schema.is_mutable
 

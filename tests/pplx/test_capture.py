@@ -64,3 +64,12 @@ def test_operations_that_read_only_metadata_are_folded():
     assert ops(graph) == [torch.ops.aten.mul.Tensor]
     x = torch.tensor([1.0, 2.0, 3.0])
     torch.testing.assert_close(graph(x), x * torch.tensor(2.0).log())
+
+
+def test_tuple_results_do_not_stop_the_simplification():
+    # max(dim) returns a tuple (unpacked by getitem): that is no in-place write.
+    scale = torch.tensor(3.0)
+    graph = capture(lambda x: x.max(-1).values * scale.log(), torch.ones(2, 3))
+    assert torch.ops.aten.log.default not in ops(graph)
+    x = torch.arange(6.0).reshape(2, 3)
+    torch.testing.assert_close(graph(x), x.max(-1).values * scale.log())
