@@ -306,9 +306,7 @@ class Potential:
         """Log density ``(P,)`` and its gradient ``(P, D)`` with respect to the particles."""
         indices = self._draw_minibatch()
         fn = self._captured("value_and_grad", self._value_and_grad_eager, z, indices)
-        if fn is self._value_and_grad_eager:
-            return fn(z, *indices)
-        with torch.no_grad():  # the graph holds the backward pass already
+        with torch.no_grad():  # a graph holds the backward pass; eager enables grad itself
             return fn(z.detach(), *indices)
 
     def _captured(
@@ -323,17 +321,16 @@ class Potential:
             try:
                 fn = capture(eager, z.detach(), *indices)
             except CaptureError as error:
-                if self._jit is None:  # "where the model allows it"
-                    fn = self._compiled[key] = eager
-                    return fn
-                warnings.warn(
-                    f"{self.engine}: jit=True could not capture the model: {error}. Evaluating "
-                    "it eagerly instead; models that compute with tensor operations only "
-                    "(no .item(), no Python branches on values) can be captured.",
-                    RuntimeWarning,
-                    stacklevel=4,
-                )
                 fn = eager
+                if self._jit:  # None means "where the model allows it": no warning
+                    warnings.warn(
+                        f"{self.engine}: jit=True could not capture the model: {error}. "
+                        "Evaluating it eagerly instead; models that compute with tensor "
+                        "operations only (no .item(), no Python branches on values) can be "
+                        "captured.",
+                        RuntimeWarning,
+                        stacklevel=4,
+                    )
             self._compiled[key] = fn
         return fn
 

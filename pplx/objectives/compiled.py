@@ -17,7 +17,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.poutine.runtime import _PYRO_STACK
 
-from pplx.capture import capture
+from pplx.capture import CaptureError, capture
 
 
 def _key_of(value: Any) -> Any:
@@ -80,7 +80,13 @@ class CapturedLoss:
                 full[i] = value
             return self.loss_fn(*full, **kwargs)
 
-        with poutine.block():
-            graph = capture(replayable, *tensors)
+        try:
+            with poutine.block():
+                graph = capture(replayable, *tensors)
+        except CaptureError as error:
+            raise CaptureError(
+                f"compile(): the program cannot be recorded: {error}. Compute with tensor "
+                "operations only, or use the objective without compile()."
+            ) from error
         self.graphs[key] = (graph, params)
         return loss

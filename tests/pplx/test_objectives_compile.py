@@ -9,6 +9,7 @@ import torch
 
 import pplx.estimators as est
 import pplx.objectives as po
+from pplx.capture import CaptureError
 from pplx.objectives.compiled import CapturedLoss
 
 X = torch.tensor([1.0, 1.5, 0.2], dtype=torch.float64)
@@ -167,3 +168,13 @@ def test_compiled_objective_trains_with_the_pplx_svi_engine():
     assert abs(float(params["m"]) - float(data.sum() / 51)) < 0.05
     assert abs(float(params["s"].exp()) - 51**-0.5) < 0.03
     assert compiled_programs(objective) == 1
+
+
+def test_compiling_a_program_that_reads_values_says_so():
+    def item_guide(x):
+        p = pyro.param("p", x.new_tensor(0.6), constraint=dist.constraints.unit_interval)
+        if p.item() > 0:  # a value read in Python
+            pyro.sample("z", dist.Bernoulli(p))
+
+    with pytest.raises(CaptureError, match=r"compile\(\): the program cannot be recorded: it"):
+        po.ELBO().compile().differentiable_loss(model, item_guide, X)
