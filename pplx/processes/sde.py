@@ -125,6 +125,20 @@ class SDEPath(NamedTuple):
     kl: torch.Tensor
 
 
+def _stack_states(
+    states: list[torch.Tensor], event_dims: int, batch: torch.Size | tuple = ()
+) -> torch.Tensor:
+    """Stack per-step states along a new time axis left of their ``event_dims`` dimensions.
+
+    The states' batch shapes (and ``batch``) are broadcast first: an initial state without a
+    batch can start a path whose later states have one.
+    """
+    batch = torch.broadcast_shapes(batch, *(v.shape[: v.dim() - event_dims] for v in states))
+    return torch.stack(
+        [v.expand(*batch, *v.shape[v.dim() - event_dims :]) for v in states], -1 - event_dims
+    )
+
+
 class ControlNet(nn.Module):
     r"""Default control :math:`u(t, X, Y, c)` of the guide: an MLP plus a linear feedback.
 
@@ -603,10 +617,10 @@ class FractionalSDE(nn.Module):
             if u is not None:
                 us.append(u)
         batch = torch.broadcast_shapes(*(v.shape[:-1] for v in xs))
-        x_path = torch.stack([v.expand(*batch, self.state_dim) for v in xs], -2)
-        y_path = torch.stack([v.expand(*batch, *v.shape[-2:]) for v in ys], -3)
+        x_path = _stack_states(xs, 1, batch)
+        y_path = _stack_states(ys, 2, batch)
         if us:
-            u_path = torch.stack([v.expand(*batch, self.state_dim) for v in us], -2)
+            u_path = _stack_states(us, 1, batch)
         else:
             u_path = x_path.new_zeros(*batch, self.num_steps, self.state_dim)
         kl = 0.5 * (u_path**2).sum(-1) * dt
@@ -641,8 +655,7 @@ class FractionalSDE(nn.Module):
             for n in range(steps):
                 y = y * decay + increments[..., n, :].unsqueeze(-1)
                 ys.append(y)
-            batch = torch.broadcast_shapes(*(v.shape[:-2] for v in ys))
-            y_path = torch.stack([v.expand(*batch, *v.shape[-2:]) for v in ys], -3)
+            y_path = _stack_states(ys, 2)
         else:
             powers, conv = kernel  # (N + 1, K), (K, N + 1, N)
             y_path = powers.unsqueeze(-2) * y0.unsqueeze(-3)
@@ -654,8 +667,8 @@ class FractionalSDE(nn.Module):
             t = self.times[n]
             x = x + self.drift(x, t) * dt + self.diffusion(x, t) * drive[..., n, :]
             xs.append(x)
-        batch = torch.broadcast_shapes(y_path.shape[:-3], *(v.shape[:-1] for v in xs))
-        x_path = torch.stack([v.expand(*batch, self.state_dim) for v in xs], -2)
+        x_path = _stack_states(xs, 1, y_path.shape[:-3])
+        batch = x_path.shape[:-2]
         y_path = y_path.expand(*batch, *y_path.shape[-3:])
         zeros = x_path.new_zeros(*batch, steps, self.state_dim)
         return SDEPath(self.times, x_path, y_path, zeros, zeros.sum(-1))
@@ -917,7 +930,7 @@ class ControlledIncrements(TorchDistribution):
             path = sde._simulate(self.x0, self.y0, increment)
             if value is None:
                 batch = path.control.shape[:-2]
-                value = torch.stack([v.expand(*batch, sde.state_dim) for v in d_ws], -2)
+                value = _stack_states(d_ws, 1, batch)
         if self.scale is not None:
             s = self.scale.expand(sde.num_steps, sde.state_dim)
             extra = (0.5 * (s**2 - 1.0) - s.log()).sum(-1)
