@@ -68,12 +68,12 @@ def methods(k, compiled=False):
     rows = _methods(k)
     if not compiled:
         return rows
+    pplx_rows = [row for row in rows if row[0].startswith("pplx")]
     extra = [
         (f"{label} compiled", lambda make=make: make().compile(), tag, group)
-        for label, make, tag, group in rows
-        if label.startswith("pplx")
+        for label, make, tag, group in pplx_rows
     ]
-    return rows[: len(extra)] + extra + rows[len(extra) :]
+    return pplx_rows + extra + [row for row in rows if not row[0].startswith("pplx")]
 
 
 def _methods(k):
