@@ -534,18 +534,23 @@ def plate_guide(strategy):
     return guide
 
 
-def plate_elbo_loss(m, s, p):
+def shifted_mixture_elbo_loss(x, m, s, p):
+    """Exact -ELBO of mu ~ N(0, 1), z_i ~ Bern(0.3), x_i ~ N(mu + SHIFT z_i, 1) (per-element p)."""
     elbo = -0.5 * (m**2 + s**2) - 0.5 * LOG_2PI + 0.5 * torch.log(2 * math.pi * math.e * s**2)
     for z in (0.0, 1.0):
         q_z = p if z else 1 - p
         term = (
             math.log(0.3 if z else 0.7)
             - torch.log(q_z)
-            - 0.5 * ((X_PL - m - SHIFT * z) ** 2 + s**2)
+            - 0.5 * ((x - m - SHIFT * z) ** 2 + s**2)
             - 0.5 * LOG_2PI
         )
         elbo = elbo + (q_z * term).sum()
     return -elbo
+
+
+def plate_elbo_loss(m, s, p):
+    return shifted_mixture_elbo_loss(X_PL, m, s, p)
 
 
 def plate_iwae_loss(num_particles, nodes=20):
@@ -704,17 +709,7 @@ def subsampled_guide(strategy):
 
 
 def subsampled_elbo_loss(m, s, p):
-    elbo = -0.5 * (m**2 + s**2) - 0.5 * LOG_2PI + 0.5 * torch.log(2 * math.pi * math.e * s**2)
-    for z in (0.0, 1.0):
-        q_z = p if z else 1 - p
-        term = (
-            math.log(0.3 if z else 0.7)
-            - torch.log(q_z)
-            - 0.5 * ((X_SUB - m - SHIFT * z) ** 2 + s**2)
-            - 0.5 * LOG_2PI
-        )
-        elbo = elbo + (q_z * term).sum()
-    return -elbo
+    return shifted_mixture_elbo_loss(X_SUB, m, s, p)
 
 
 @pytest.mark.parametrize("strategy", SCALED_STRATEGIES)
