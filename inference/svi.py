@@ -11,6 +11,7 @@ can be saved, loaded and moved as one object.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -178,6 +179,32 @@ def _split_batch(batch: Any, args: tuple, kwargs: Mapping[str, Any]) -> tuple[tu
     return (batch,), dict(kwargs)
 
 
+#: Optimizers built with ``fused=True`` unless the caller chose ``fused`` or ``foreach``.
+_FUSABLE = (torch.optim.Adam, torch.optim.AdamW)
+
+
+def _fused_if_supported(
+    optimizer: type[torch.optim.Optimizer], args: dict[str, Any], params: list
+) -> torch.optim.Optimizer:
+    """``optimizer(params, fused=True, **args)``, or unfused where torch has no fused kernel.
+
+    The fused kernel updates all parameters in one call (the same algorithm; on a CPU a
+    small model's Adam step is about 3x faster than the per-tensor loop torch uses there by
+    default).
+    """
+    if not _fusable(params):
+        return optimizer(params, **args)
+    try:
+        return optimizer(params, fused=True, **args)
+    except (RuntimeError, ValueError):  # a torch build without the kernel
+        return optimizer(params, **args)
+
+
+def _fusable(params: Iterable[torch.Tensor]) -> bool:
+    """Whether torch's fused Adam kernels accept these parameters (floating, CPU or CUDA)."""
+    return all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+
+
 class SVI:
     """Stochastic variational inference with a pluggable loss and torch optimizer.
 
@@ -190,6 +217,9 @@ class SVI:
         optimizer: A ``torch.optim.Optimizer`` subclass, a callable ``params -> optimizer``,
             or a ``pyro.optim`` wrapper such as ``pyro.optim.Adam({"lr": 0.01})``.
         optim_args: Keyword arguments for an optimizer class (default ``{"lr": 0.01}``).
+            ``torch.optim.Adam`` and ``AdamW`` are built with ``fused=True`` where torch has
+            a fused kernel for the parameters' device and dtype, unless ``optim_args`` sets
+            ``fused`` or ``foreach``.
         lr_scheduler: Optional callable ``optimizer -> torch.optim.lr_scheduler`` stepped once
             per gradient step.
         clip_norm: Clip the global gradient norm to this value.
@@ -275,6 +305,8 @@ class SVI:
             return lambda params: optimizer.pt_optim_constructor(params, **args)
         if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
             args = {"lr": 0.01} if optim_args is None else dict(optim_args)
+            if optimizer in _FUSABLE and not {"fused", "foreach"} & set(args):
+                return functools.partial(_fused_if_supported, optimizer, args)
             return lambda params: optimizer(params, **args)
         if callable(optimizer):
             if optim_args:
@@ -328,7 +360,10 @@ class SVI:
         known = {n for group in state.param_groups for n in group}
         new = sorted(set(state.params["params"]) - known)
         if new:
-            state.optimizer.add_param_group({"params": [state.params["params"][n] for n in new]})
+            group = {"params": [state.params["params"][n] for n in new]}
+            if state.optimizer.defaults.get("fused") and not _fusable(group["params"]):
+                group["fused"] = False
+            state.optimizer.add_param_group(group)
             state.param_groups.append(new)
 
     def _loss_and_backward(self, args: tuple, kwargs: Mapping[str, Any]) -> torch.Tensor:

@@ -857,6 +857,37 @@ def test_default_optimizer_is_adam():
 
 
 @pytest.mark.parametrize(
+    "optim_args, fused",
+    [(None, True), ({"lr": 0.1, "foreach": False}, None), ({"lr": 0.1, "fused": False}, False)],
+    ids=["default", "foreach-given", "fused-off"],
+)
+def test_adam_is_fused_unless_the_caller_chooses(optim_args, fused):
+    svi = SVI(normal_model, normal_guide, optim_args=optim_args)
+    assert svi.init(X20).optimizer.param_groups[0]["fused"] is fused
+
+
+def test_fused_and_unfused_adam_take_the_same_steps():
+    losses = {}
+    for fused in (True, False):
+        pyro.set_rng_seed(0)
+        svi = SVI(normal_model, normal_guide, optim_args={"lr": 0.05, "fused": fused})
+        losses[fused] = svi.run(X20, num_steps=50, num_samples=2).state.losses
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+
+
+def test_adam_falls_back_to_unfused_for_parameters_without_a_fused_kernel():
+    def model():
+        pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    def guide():
+        phase = pyro.param("phase", torch.ones(2, dtype=torch.complex64))
+        pyro.sample("z", dist.Normal(phase.abs().sum(), 1.0))
+
+    optimizer = SVI(model, guide).init().optimizer
+    assert not optimizer.param_groups[0]["fused"]
+
+
+@pytest.mark.parametrize(
     "optimizer",
     ["adam", 0.01, None, torch.optim.Adam([torch.zeros(1, requires_grad=True)])],
     ids=["string", "number", "none", "optimizer-instance"],
