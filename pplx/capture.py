@@ -28,12 +28,16 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.overrides import TorchFunctionMode
 
 
-class _ValueFree(TorchFunctionMode):
-    """Swap functions that check tensor values in Python for value-free equivalents.
+class _Substitutions(TorchFunctionMode):
+    """Swap functions for equivalents that record better as a graph.
 
-    ``one_hot(c, num_classes)`` checks that ``c`` lies in range (reading its minimum and
-    maximum); with ``num_classes`` given, ``c[..., None] == arange(num_classes)`` computes the
-    same encoding without the check (values out of range give all-zero rows).
+    * ``one_hot(c, num_classes)`` checks that ``c`` lies in range (reading its minimum and
+      maximum, a value read capture refuses); with ``num_classes`` given,
+      ``c[..., None] == arange(num_classes)`` computes the same encoding without the check
+      (values out of range give all-zero rows).
+    * ``multinomial(p, n, replacement=True)`` (how ``Categorical`` samples) draws by inverse
+      CDF, one uniform per draw, instead of torch's one exponential per category and draw for
+      ``n = 1``; the draws have the same distribution.
     """
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -44,7 +48,23 @@ class _ValueFree(TorchFunctionMode):
             if num_classes >= 0:
                 classes = torch.arange(num_classes, device=tensor.device)
                 return (tensor.unsqueeze(-1) == classes).long()
+        if func is torch.multinomial and not kwargs.get("out") and not kwargs.get("generator"):
+            named = dict(zip(("input", "num_samples", "replacement"), args), **kwargs)
+            if named.get("replacement", False) or named["num_samples"] == 1:
+                return _inverse_cdf_draws(named["input"], named["num_samples"])
         return func(*args, **kwargs)
+
+
+def _inverse_cdf_draws(weights: torch.Tensor, num_samples: int) -> torch.Tensor:
+    r"""``num_samples`` categories per row of the (unnormalised) ``weights``, with replacement.
+
+    The draw is the first :math:`i` with :math:`C_i > u\,C_K` for the cumulative weights
+    :math:`C` and :math:`u \sim U[0, 1)`, so categories of zero weight are never drawn
+    (:math:`u\,C_K < C_K` in floating point).
+    """
+    cdf = weights.cumsum(-1)
+    u = torch.rand(*cdf.shape[:-1], num_samples, dtype=cdf.dtype, device=cdf.device)
+    return torch.searchsorted(cdf, u * cdf[..., -1:], right=True)
 
 
 class CaptureError(RuntimeError):
@@ -65,7 +85,7 @@ def capture(fn: Callable, *example_inputs: torch.Tensor) -> torch.fx.GraphModule
         CaptureError: ``fn`` cannot be captured; the message says why.
     """
     try:
-        with pyro.validation_enabled(False), warnings.catch_warnings(), _ValueFree():
+        with pyro.validation_enabled(False), warnings.catch_warnings(), _Substitutions():
             warnings.simplefilter("ignore")
             graph = make_fx(fn)(*example_inputs)
     except Exception as error:  # noqa: BLE001 - re-raised with a uniform type
@@ -107,8 +127,10 @@ def _simplify(module: torch.fx.GraphModule) -> None:
     Each operation costs a few microseconds of dispatch at replay, which is what a captured
     graph of a small model spends its time on. Operations whose inputs are all constants that
     need no gradient (a prior's scale, its logarithm, the transposed data) are computed once
-    here. Views and expansions to the input's own shape, ``alias``, ``x ** 1`` and copies of
-    constants (``lift_fresh_copy``) do nothing when no operation writes into a tensor in place.
+    here. Views and expansions to the input's own shape, ``alias``, ``x ** 1``, ``x + 0``,
+    ``x * 1``, ``x / 1`` and copies of constants (``lift_fresh_copy``) do nothing when no
+    operation writes into a tensor in place, and repeated deterministic operations on the same
+    inputs are merged into one.
     """
     graph = module.graph
     graph.eliminate_dead_code()
@@ -121,13 +143,77 @@ def _simplify(module: torch.fx.GraphModule) -> None:
         if (
             node.target is torch.ops.aten.lift_fresh_copy.default
             or (node.target is torch.ops.aten.pow.Tensor_Scalar and node.args[1] == 1)
-            or (
-                node.target in _ALIASES
-                and _shape(node) is not None
-                and _shape(node) == _shape(source)
-            )
+            or (node.target in _ALIASES and _same_tensor_type(node, source))
+            or (_is_identity_arithmetic(node) and _same_tensor_type(node, source))
         ):
             node.replace_all_uses_with(source)
+            graph.erase_node(node)
+    _merge_common_subexpressions(graph)
+
+
+#: ``op(x, c)`` that returns ``x`` itself for the Python number ``c`` given here.
+_IDENTITY_OPERAND = {
+    torch.ops.aten.add.Tensor: 0,
+    torch.ops.aten.sub.Tensor: 0,
+    torch.ops.aten.mul.Tensor: 1,
+    torch.ops.aten.div.Tensor: 1,
+}
+
+
+def _is_identity_arithmetic(node: torch.fx.Node) -> bool:
+    """``x + 0``, ``x - 0``, ``x * 1`` or ``x / 1`` with a Python number operand."""
+    neutral = _IDENTITY_OPERAND.get(node.target)
+    if neutral is None or len(node.args) != 2 or node.kwargs:
+        return False
+    operand = node.args[1]
+    return (
+        isinstance(operand, (int, float))
+        and not isinstance(operand, bool)
+        and (operand == neutral)
+    )
+
+
+def _same_tensor_type(node: torch.fx.Node, source: object) -> bool:
+    """Whether ``node`` and ``source`` are tensors of one shape and dtype (at capture)."""
+    value = node.meta.get("val")
+    other = source.meta.get("val") if isinstance(source, torch.fx.Node) else None
+    return (
+        isinstance(value, torch.Tensor)
+        and isinstance(other, torch.Tensor)
+        and value.shape == other.shape
+        and value.dtype == other.dtype
+    )
+
+
+def _hashable(value: object) -> object:
+    """``value`` with lists made tuples (nodes, numbers, dtypes and devices hash as they are)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    return value
+
+
+def _merge_common_subexpressions(graph: torch.fx.Graph) -> None:
+    """Compute each deterministic operation once per distinct input (``exp(x)`` used thrice).
+
+    Only for graphs without in-place operations, so that equal expressions hold equal values.
+    """
+    seen: dict[object, torch.fx.Node] = {}
+    for node in list(graph.nodes):
+        if (
+            node.op != "call_function"
+            or not isinstance(node.target, torch._ops.OpOverload)
+            or torch.Tag.nondeterministic_seeded in node.target.tags
+        ):
+            continue
+        try:
+            key = (node.target, _hashable(node.args), _hashable(node.kwargs))
+            earlier = seen.setdefault(key, node)
+        except TypeError:  # an argument that cannot be compared by value
+            continue
+        if earlier is not node:
+            node.replace_all_uses_with(earlier)
             graph.erase_node(node)
 
 

@@ -73,3 +73,46 @@ def test_tuple_results_do_not_stop_the_simplification():
     assert torch.ops.aten.log.default not in ops(graph)
     x = torch.arange(6.0).reshape(2, 3)
     torch.testing.assert_close(graph(x), x.max(-1).values * scale.log())
+
+
+def test_identity_arithmetic_and_repeated_expressions_are_dropped():
+    def fn(x):
+        return (x / 1 + 0) * x.exp() - 0 + x.exp() * 1
+
+    graph = capture(fn, torch.ones(3))
+    assert ops(graph).count(torch.ops.aten.exp.default) == 1
+    assert torch.ops.aten.div.Tensor not in ops(graph)
+    x = torch.tensor([0.5, -1.0, 2.0])
+    torch.testing.assert_close(graph(x), fn(x))
+
+
+def test_identity_arithmetic_that_changes_dtype_or_shape_is_kept():
+    graph = capture(
+        lambda c, y: (c / 1, c * 1, y + 0), torch.ones(2, dtype=torch.long), torch.ones(2, 1)
+    )
+    c = torch.tensor([1, 2])
+    results = graph(c, torch.ones(2, 1))
+    assert results[0].dtype == torch.float32 and results[1].dtype == torch.long
+
+
+def test_random_operations_are_never_merged():
+    graph = capture(lambda x: x + torch.rand(1000) - torch.rand(1000), torch.zeros(1000))
+    assert ops(graph).count(torch.ops.aten.rand.default) == 2
+    assert graph(torch.zeros(1000)).abs().max() > 0
+
+
+def test_categorical_draws_recorded_by_inverse_cdf_have_the_right_distribution():
+    weights = torch.tensor([[0.0, 2.0, 1.0, 0.0, 1.0], [1.0, 0.0, 0.0, 0.0, 3.0]])
+    graph = capture(lambda w: torch.multinomial(w, 1000, replacement=True), weights)
+    assert torch.ops.aten.multinomial.default not in ops(graph)
+    torch.manual_seed(0)
+    draws = torch.cat([graph(weights) for _ in range(20)], -1)  # 20,000 per row
+    assert draws.shape == (2, 20_000)
+    counts = torch.stack([torch.bincount(row, minlength=5) for row in draws]).double()
+    probs = (weights / weights.sum(-1, keepdim=True)).double()
+    assert (counts[probs == 0] == 0).all()  # zero-weight categories are never drawn
+    se = (20_000 * probs * (1 - probs)).sqrt()
+    assert ((counts - 20_000 * probs).abs() <= 4 * se).all()
+    # one draw per row of a batch, as Categorical(probs).sample() asks for it
+    batch = capture(lambda w: torch.distributions.Categorical(w).sample(), weights.expand(7, 2, 5))
+    assert batch(weights.expand(7, 2, 5)).shape == (7, 2)
