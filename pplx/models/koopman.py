@@ -47,6 +47,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.infer.util import is_validation_enabled
 from torch import nn
 
 __all__ = [
@@ -277,9 +278,12 @@ class KoopmanVAE(nn.Module):
             raise ValueError(f"x must have shape (batch, T, x_dim={self.x_dim}), got {shape}")
         if x.shape[1] < 2:
             raise ValueError(f"x needs at least 2 time steps, got T={x.shape[1]}")
+        # Value checks follow Pyro's validation switch (off while a compiled objective
+        # records the program, whose first call at each shape still runs them eagerly).
+        check_values = is_validation_enabled()
         nan = torch.isnan(x)
         if mask is None:
-            if nan.any():
+            if check_values and nan.any():
                 raise ValueError(
                     "x has NaN values but mask is None; for irregular data pass "
                     "mask (True = observed), e.g. from pplx.timeseries.drop_time_rows"
@@ -297,9 +301,9 @@ class KoopmanVAE(nn.Module):
                     f"mask must have shape (batch, T)={tuple(x.shape[:2])} or that of x "
                     f"{tuple(x.shape)}, got {tuple(mask.shape)}"
                 ) from None
-            if (nan & mask3).any():
+            if check_values and (nan & mask3).any():
                 raise ValueError("x has NaN values where mask says observed (mask=True)")
-        if torch.isinf(x).any():
+        if check_values and torch.isinf(x).any():
             raise ValueError("x has infinite values")
         return x.masked_fill(~mask3, 0.0), mask3
 
