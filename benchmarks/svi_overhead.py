@@ -1,7 +1,8 @@
 """Per-step overhead of the pplx SVI engine vs Pyro's SVI vs the same update in plain PyTorch.
 
 The computation: one reparameterised ELBO gradient step (one particle) of a mean-field Gaussian
-guide for Bayesian logistic regression on the breast-cancer data (569 x 30), with Adam. Pyro
+guide for Bayesian logistic regression on the breast-cancer data (569 x 30), with Adam (the
+hand-written step uses the fused kernel, as pplx SVI does by default). Pyro
 and pplx run the same Pyro model and guide with Trace_ELBO; the hand-written version computes
 the same ELBO with torch.distributions. All three are timed in this one run; the table prints
 milliseconds per step and the ratio to hand-written.
@@ -36,7 +37,7 @@ def handwritten(x, y, lr):
     d = x.shape[1] + 1
     loc = torch.zeros(d, dtype=x.dtype, device=x.device, requires_grad=True)
     raw_scale = torch.full((d,), 0.1, dtype=x.dtype, device=x.device).log().requires_grad_()
-    opt = torch.optim.Adam([loc, raw_scale], lr=lr)
+    opt = torch.optim.Adam([loc, raw_scale], lr=lr, fused=True)
     prior_scale = torch.ones(d, dtype=x.dtype, device=x.device)
     prior_scale[-1] = 5.0
 
