@@ -58,6 +58,10 @@ class GRUVAE(KoopmanVAE):
         loc = torch.zeros_like(z_prev)
         return loc, torch.ones_like(loc), h
 
+    def conditional_prior(self, z):
+        """N(0, I) at every step, whatever the path's past."""
+        return torch.zeros_like(z), torch.ones_like(z)
+
     def prior_rollout(self, n, length, like=None):
         """Standard-normal latents ``(n, length, z_dim)``."""
         p = self.decoder_out.weight

@@ -47,10 +47,12 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.distributions import TorchDistribution, constraints
 from pyro.infer.util import is_validation_enabled
 from torch import nn
 
 __all__ = [
+    "AutoregressivePrior",
     "KoopmanVAE",
     "koopman_matrix",
     "plot_eigenvalues",
@@ -97,6 +99,52 @@ def koopman_matrix(z: torch.Tensor, ridge: float = 1e-4) -> torch.Tensor:
         )
     q, r = torch.linalg.qr(past)
     return torch.linalg.solve_triangular(r, q.transpose(-1, -2) @ future, upper=True)
+
+
+class AutoregressivePrior(TorchDistribution):
+    r"""The prior network's latent paths :math:`z_{1:T}` as one distribution.
+
+    .. math:: p(z_{1:T}) = \prod_t \mathcal N\big(z_t;\ m_t(z_{<t}),\ s_t^2(z_{<t})\big),
+
+    with :math:`(m_t, s_t)` read from the GRU cell state
+    :math:`h_t = \mathrm{GRUCell}(z_{t-1}, h_{t-1})`, :math:`z_0 = 0`, :math:`h_0 = 0`.
+    :meth:`log_prob` evaluates all steps of given paths in one GRU pass
+    (:meth:`KoopmanVAE.conditional_prior`); :meth:`rsample` runs the network step by step
+    (:meth:`KoopmanVAE.prior_rollout`). Event shape ``(T, z_dim)``.
+
+    Args:
+        kovae: The :class:`KoopmanVAE` whose prior network this is.
+        batch_shape: Batch shape (the sequences).
+        length: Number of steps :math:`T`.
+        like: A tensor whose dtype and device the samples take (default: the network's).
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.independent(constraints.real, 2)
+    has_rsample = True
+
+    def __init__(
+        self,
+        kovae: KoopmanVAE,
+        batch_shape: tuple[int, ...],
+        length: int,
+        like: torch.Tensor | None = None,
+    ) -> None:
+        self.kovae, self.length, self.like = kovae, length, like
+        event = torch.Size((length, kovae.z_dim))
+        super().__init__(torch.Size(batch_shape), event, validate_args=False)
+
+    def expand(self, batch_shape, _instance=None) -> AutoregressivePrior:  # noqa: D102
+        return AutoregressivePrior(self.kovae, batch_shape, self.length, self.like)
+
+    def rsample(self, sample_shape=()) -> torch.Tensor:  # noqa: D102
+        shape = torch.Size(sample_shape) + self.batch_shape
+        z = self.kovae.prior_rollout(shape.numel(), self.length, like=self.like)
+        return z.reshape(shape + self.event_shape)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        loc, scale = self.kovae.conditional_prior(value)
+        return dist.Normal(loc, scale).log_prob(value).sum((-2, -1))
 
 
 def spectral_penalty(A: torch.Tensor, num_unit: int = 0, radius: float = 1.0) -> torch.Tensor:
@@ -169,8 +217,9 @@ class KoopmanVAE(nn.Module):
     Train with ``pyro.infer.SVI(kovae.model, kovae.guide, optim, Trace_ELBO())`` (or any pplx
     ELBO-style objective) on batches ``x`` of shape ``(batch, T, x_dim)`` scaled to
     :math:`[0, 1]`; for irregular data pass NaNs for the missing entries and ``mask``. The
-    sample sites are ``z_0 … z_{T-1}`` (shape ``(batch, z_dim)`` each, in the plate
-    ``"data"``), the observation ``x`` and the factors ``koopman_pred`` and ``koopman_eig``.
+    sample sites are the latent paths ``z`` (shape ``(batch, T, z_dim)``, event shape
+    ``(T, z_dim)``, in the plate ``"data"``; in the model an :class:`AutoregressivePrior`), the
+    observation ``x`` and the factors ``koopman_pred`` and ``koopman_eig``.
 
     Args:
         x_dim: Number of features :math:`d`.
@@ -324,6 +373,22 @@ class KoopmanVAE(nn.Module):
         loc, scale = self._gaussian(self.prior_out(h))
         return loc, scale, h
 
+    def conditional_prior(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""Prior means and scales :math:`m_t(z_{<t}), s_t(z_{<t})` of a path ``(..., T, k)``.
+
+        The prior network fed the path's own past (:math:`z_0 = 0`, :math:`h_0 = 0`), all
+        steps in one GRU pass; the result equals stepping :meth:`_prior_step` along ``z``.
+        """
+        flat = z.reshape(-1, *z.shape[-2:])
+        shifted = torch.cat([flat.new_zeros(flat.shape[0], 1, self.z_dim), flat[:, :-1]], 1)
+        cell = self.prior_cell
+        h0 = flat.new_zeros(1, flat.shape[0], self.hidden)
+        weights = [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh]
+        # the cell's weights in torch's sequence GRU (batch_first, one layer, one direction)
+        h, _ = torch.gru(shifted, h0, weights, True, 1, 0.0, self.training, False, True)
+        loc, scale = self._gaussian(self.prior_out(h))
+        return loc.reshape(z.shape), scale.reshape(z.shape)
+
     def encode(
         self, x: torch.Tensor, mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -384,19 +449,13 @@ class KoopmanVAE(nn.Module):
         zbar = locs = scales = None
         if free:
             zbar, locs, scales = self._rollout(n, T, like=filled)
-        z_prev = filled.new_zeros(n, self.z_dim)
-        h = filled.new_zeros(n, self.hidden)
-        zs = []
         with pyro.plate("data", n):
+            if free:
+                prior = dist.Normal(locs, scales).to_event(2)
+            else:
+                prior = AutoregressivePrior(self, (n,), T, like=filled)
             with poutine.scale(scale=self.beta):
-                for t in range(T):
-                    if free:
-                        loc, scale = locs[:, t], scales[:, t]
-                    else:
-                        loc, scale, h = self._prior_step(z_prev, h)
-                    z_prev = pyro.sample(f"z_{t}", dist.Normal(loc, scale).to_event(1))
-                    zs.append(z_prev)
-            z = torch.stack(zs, -2)
+                z = pyro.sample("z", prior)
             x_hat = self.decode(z)
             obs_dist = dist.Normal(x_hat, self.obs_scale).mask(mask3).to_event(2)
             pyro.sample("x", obs_dist, obs=filled)
@@ -416,8 +475,7 @@ class KoopmanVAE(nn.Module):
         pyro.module("kovae", self)
         loc, scale = self.encode(x, mask)
         with pyro.plate("data", x.shape[0]), poutine.scale(scale=self.beta):
-            for t in range(x.shape[1]):
-                pyro.sample(f"z_{t}", dist.Normal(loc[:, t], scale[:, t]).to_event(1))
+            pyro.sample("z", dist.Normal(loc, scale).to_event(2))
 
     # ------------------------------------------------------------------ analysis, generation
 
