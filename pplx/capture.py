@@ -18,6 +18,7 @@ operations inside the function stay random; anything else that must change from 
 
 from __future__ import annotations
 
+import math
 import operator
 import warnings
 from collections.abc import Callable
@@ -48,7 +49,11 @@ class _Substitutions(TorchFunctionMode):
             if num_classes >= 0:
                 classes = torch.arange(num_classes, device=tensor.device)
                 return (tensor.unsqueeze(-1) == classes).long()
-        if func is torch.multinomial and not kwargs.get("out") and not kwargs.get("generator"):
+        if (
+            func is torch.multinomial
+            and kwargs.get("out") is None
+            and kwargs.get("generator") is None
+        ):
             named = dict(zip(("input", "num_samples", "replacement"), args), **kwargs)
             if named.get("replacement", False) or named["num_samples"] == 1:
                 return _inverse_cdf_draws(named["input"], named["num_samples"])
@@ -59,12 +64,15 @@ def _inverse_cdf_draws(weights: torch.Tensor, num_samples: int) -> torch.Tensor:
     r"""``num_samples`` categories per row of the (unnormalised) ``weights``, with replacement.
 
     The draw is the first :math:`i` with :math:`C_i > u\,C_K` for the cumulative weights
-    :math:`C` and :math:`u \sim U[0, 1)`, so categories of zero weight are never drawn
-    (:math:`u\,C_K < C_K` in floating point).
+    :math:`C` (summed in at least single precision) and :math:`u \sim U[0, 1)`, so
+    categories of zero weight are never drawn (:math:`u\,C_K < C_K` in floating point).
+    Rows that are no distribution (all zero, NaN) give the last category, where ``multinomial``
+    would raise: a replayed graph cannot raise, and NaN weights make the loss NaN anyway.
     """
-    cdf = weights.cumsum(-1)
+    cdf = weights.to(torch.promote_types(weights.dtype, torch.float32)).cumsum(-1)
     u = torch.rand(*cdf.shape[:-1], num_samples, dtype=cdf.dtype, device=cdf.device)
-    return torch.searchsorted(cdf, u * cdf[..., -1:], right=True)
+    draws = torch.searchsorted(cdf, u * cdf[..., -1:], right=True)
+    return draws.clamp(max=weights.shape[-1] - 1)
 
 
 class CaptureError(RuntimeError):
@@ -129,8 +137,9 @@ def _simplify(module: torch.fx.GraphModule) -> None:
     need no gradient (a prior's scale, its logarithm, the transposed data) are computed once
     here. Views and expansions to the input's own shape, ``alias``, ``x ** 1``, ``x + 0``,
     ``x * 1``, ``x / 1`` and copies of constants (``lift_fresh_copy``) do nothing when no
-    operation writes into a tensor in place, and repeated deterministic operations on the same
-    inputs are merged into one.
+    operation writes into a tensor in place (``x + 0`` would turn ``-0.0`` into ``+0.0``;
+    without it ``-0.0`` stays), and repeated deterministic operations on the same inputs are
+    merged into one.
     """
     graph = module.graph
     graph.eliminate_dead_code()
@@ -143,8 +152,12 @@ def _simplify(module: torch.fx.GraphModule) -> None:
         if (
             node.target is torch.ops.aten.lift_fresh_copy.default
             or (node.target is torch.ops.aten.pow.Tensor_Scalar and node.args[1] == 1)
-            or (node.target in _ALIASES and _same_tensor_type(node, source))
-            or (_is_identity_arithmetic(node) and _same_tensor_type(node, source))
+            or (
+                node.target in _ALIASES
+                and _shape(node) is not None
+                and _shape(node) == _shape(source)
+            )
+            or (_is_identity_arithmetic(node) and _same_layout(node, source))
         ):
             node.replace_all_uses_with(source)
             graph.erase_node(node)
@@ -173,8 +186,12 @@ def _is_identity_arithmetic(node: torch.fx.Node) -> bool:
     )
 
 
-def _same_tensor_type(node: torch.fx.Node, source: object) -> bool:
-    """Whether ``node`` and ``source`` are tensors of one shape and dtype (at capture)."""
+def _same_layout(node: torch.fx.Node, source: object) -> bool:
+    """Whether ``node`` and ``source`` had one shape, dtype, strides and device at capture.
+
+    Arithmetic on an expanded or strided tensor returns a dense one, on which later views
+    were recorded; such an operation is no no-op.
+    """
     value = node.meta.get("val")
     other = source.meta.get("val") if isinstance(source, torch.fx.Node) else None
     return (
@@ -182,15 +199,25 @@ def _same_tensor_type(node: torch.fx.Node, source: object) -> bool:
         and isinstance(other, torch.Tensor)
         and value.shape == other.shape
         and value.dtype == other.dtype
+        and value.stride() == other.stride()
+        and value.device == other.device
     )
 
 
 def _hashable(value: object) -> object:
-    """``value`` with lists made tuples (nodes, numbers, dtypes and devices hash as they are)."""
+    """A key for ``value`` that tells apart what Python's ``==`` does not.
+
+    Lists become tuples; numbers carry their type (``x + 1`` and ``x + 1.0`` differ in result
+    dtype) and floats their sign (``x * 0.0`` and ``x * -0.0``).
+    """
     if isinstance(value, (list, tuple)):
         return tuple(_hashable(v) for v in value)
     if isinstance(value, dict):
         return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    if isinstance(value, float):
+        return (float, value, math.copysign(1.0, value))
+    if isinstance(value, (bool, int, complex)):
+        return (type(value), value)
     return value
 
 

@@ -116,3 +116,33 @@ def test_categorical_draws_recorded_by_inverse_cdf_have_the_right_distribution()
     # one draw per row of a batch, as Categorical(probs).sample() asks for it
     batch = capture(lambda w: torch.distributions.Categorical(w).sample(), weights.expand(7, 2, 5))
     assert batch(weights.expand(7, 2, 5)).shape == (7, 2)
+
+
+def test_merging_tells_apart_numbers_of_different_type_and_sign():
+    graph = capture(lambda x: (x + 2, x + 2.0), torch.arange(3))
+    ints, floats = graph(torch.arange(3))
+    assert ints.dtype == torch.long and floats.dtype == torch.float32
+    graph = capture(lambda x: (x * 0.0, x * -0.0), torch.ones(2))
+    plus, minus = graph(torch.tensor([1.0, -1.0]))
+    assert torch.equal(plus.signbit(), torch.tensor([False, True]))
+    assert torch.equal(minus.signbit(), torch.tensor([True, False]))
+
+
+def test_identity_arithmetic_on_a_strided_tensor_is_kept():
+    # x.expand(...) * 1.0 is dense; the reshape after it was recorded as a view of that
+    def fn(x):
+        return (x.expand(3, 4) * 1.0).reshape(12)
+
+    x = torch.arange(3.0).reshape(3, 1)
+    torch.testing.assert_close(capture(fn, x)(x), fn(x))
+
+
+def test_inverse_cdf_draws_stay_in_range_and_unbiased_in_low_precision():
+    from pplx.capture import _inverse_cdf_draws
+
+    torch.manual_seed(0)
+    bad = torch.tensor([[0.0, 0.0, 0.0], [float("nan"), 1.0, 1.0]])
+    assert _inverse_cdf_draws(bad, 50).max() <= 2
+    # bfloat16 cumulative sums would lose most of 2000 equal weights
+    draws = _inverse_cdf_draws(torch.ones(2000, dtype=torch.bfloat16), 100_000)
+    assert torch.bincount(draws, minlength=2000).min() > 0  # about 50 expected per category
