@@ -42,8 +42,7 @@ After training each row reports, so that it is clear that every row learns: for 
 the exact ELBO and the exact log p(x) per image on the training and held-out images (the
 class is summed out, so these numbers carry no Monte Carlo noise); for ``objects`` the
 fraction of held-out images whose most probable count under the guide is the true one, and
-the held-out ELBO per image (count summed out, 32 position samples). Hand-written rows exist
-for ``digits`` only.
+the held-out ELBO per image (count summed out, 32 position samples).
 
     python benchmarks/discrete_latents.py --threads 1 [--epochs 3] [--batch 100] \
         [--particles 5] [--device cpu] [--repeats 3] [--skip "+MVD"] [--compiled] \
@@ -78,18 +77,57 @@ def decaying_baseline(site):
     return {}
 
 
-def _log_lik(vae, c, x):
-    """Log-likelihoods log p(x | c) of draws ``c`` of any batch shape (decoder on one_hot)."""
-    logits = vae.decoder(F.one_hot(c, NUM_CLASSES).to(x.dtype))
-    shape = torch.broadcast_shapes(logits.shape, x.shape)
-    bce = F.binary_cross_entropy_with_logits(
-        logits.expand(shape), x.expand(shape), reduction="none"
-    )
-    return -bce.sum(-1)
+def _digits_parts(vae, x, particles):
+    """The guide's ``log q(c | x)`` ``(batch, 10)`` and ``c -> log p(x, c)`` (any batch shape)."""
+    log_q = torch.log_softmax(vae.encoder(x), -1)
+
+    def log_joint(c):
+        logits = vae.decoder(F.one_hot(c, NUM_CLASSES).to(x.dtype))
+        shape = torch.broadcast_shapes(logits.shape, x.shape)
+        bce = F.binary_cross_entropy_with_logits(
+            logits.expand(shape), x.expand(shape), reduction="none"
+        )
+        return -bce.sum(-1) - math.log(NUM_CLASSES)
+
+    return log_q, log_joint
+
+
+def _gaussian_log_density(value, loc, scale):
+    return -0.5 * ((value - loc) / scale) ** 2 - torch.log(scale) - 0.5 * math.log(2 * math.pi)
+
+
+def _objects_parts(vae, x, particles):
+    """The guide's ``log q(n | x)`` ``(batch, M + 1)`` and ``n -> log p(x, n, w) - log q(w | x)``.
+
+    The positions ``w`` are drawn (reparameterised) once per particle, ``particles + (batch, M,
+    2)``, and shared by all values of ``n``.
+    """
+    m = vae.max_objects
+    presence, loc, log_scale = vae.encoder(x).split([m, 2 * m, 2 * m], -1)
+    loc = vae.anchors + loc.reshape(-1, m, 2)
+    scale = F.softplus(log_scale.reshape(-1, m, 2) - 3.0) + 1e-3
+    where = loc + scale * torch.randn(particles + loc.shape, dtype=x.dtype, device=x.device)
+    prior_scale = torch.full_like(loc, vae.where_scale)
+    log_w = (
+        _gaussian_log_density(where, vae.anchors, prior_scale)
+        - _gaussian_log_density(where, loc, scale)
+    ).sum((-2, -1)) - math.log(m + 1)
+    noise = torch.full_like(x, vae.noise)
+
+    def log_joint(n):
+        log_lik = _gaussian_log_density(x, vae.render(n, where), noise).sum(-1)
+        return log_lik + log_w
+
+    return vae.count_logits(presence), log_joint
+
+
+def _parts(vae, x, particles=()):
+    parts = _objects_parts if isinstance(vae, ObjectCountVAE) else _digits_parts
+    return parts(vae, x, particles)
 
 
 def _draws(log_q, k):
-    """``k`` classes per image from q (``(k, batch)``) and their log densities."""
+    """``k`` values per image from q (``(k, batch)``) and their log densities."""
     c = torch.multinomial(log_q.detach().exp(), k, replacement=True).T
     return c, log_q.T.gather(0, c)
 
@@ -98,9 +136,9 @@ def hand_reinforce(baseline):
     """ELBO(K) with REINFORCE: moving-average (``"avg"``) or leave-one-out (``"loo"``)."""
 
     def surrogate(vae, x, k, state):
-        log_q = torch.log_softmax(vae.encoder(x), -1)
+        log_q, log_joint = _parts(vae, x, (k,))
         c, lq = _draws(log_q, k)
-        f = _log_lik(vae, c, x) - math.log(NUM_CLASSES) - lq  # (k, batch)
+        f = log_joint(c) - lq  # (k, batch)
         fd = f.detach()
         if baseline == "loo":
             b = (fd.sum(0, keepdim=True) - fd) / (k - 1)
@@ -113,18 +151,18 @@ def hand_reinforce(baseline):
 
 
 def hand_enumerate(vae, x, k, state):
-    """The ELBO summed exactly over the 10 classes of every image."""
-    log_q = torch.log_softmax(vae.encoder(x), -1)
-    classes = torch.arange(NUM_CLASSES, device=x.device)[:, None]  # decoded once per class
-    log_joint = _log_lik(vae, classes, x).T - math.log(NUM_CLASSES)  # (batch, classes)
-    return (log_q.exp() * (log_joint - log_q)).sum()
+    """The ELBO summed exactly over the values of the discrete site of every image."""
+    log_q, log_joint = _parts(vae, x)
+    values = torch.arange(log_q.shape[-1], device=x.device)[:, None]  # broadcast over images
+    joint = log_joint(values).T  # (batch, values)
+    return (log_q.exp() * (joint - log_q)).sum()
 
 
 def hand_vimco(vae, x, k, state):
     """VIMCO (Mnih & Rezende, 2016): IWAE per image, leave-one-out geometric-mean baseline."""
-    log_q = torch.log_softmax(vae.encoder(x), -1)
+    log_q, log_joint = _parts(vae, x, (k,))
     c, lq = _draws(log_q, k)
-    w = _log_lik(vae, c, x) - math.log(NUM_CLASSES) - lq  # (k, batch)
+    w = log_joint(c) - lq  # (k, batch)
     bound = torch.logsumexp(w, 0) - math.log(k)
     wd = w.detach()
     others = (wd.sum(0, keepdim=True) - wd) / (k - 1)
@@ -156,8 +194,6 @@ def methods(k, compiled=False, model="digits"):
     ``" compiled"``).
     """
     rows = _methods(k, SITE[model])
-    if model != "digits":  # the hand-written estimators are written for the digits model
-        rows = [row for row in rows if not row[0].startswith("hand")]
     if not compiled:
         return rows
     pplx_rows = [row for row in rows if row[0].startswith("pplx")]
