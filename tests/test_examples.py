@@ -21,6 +21,7 @@ EXAMPLES = {
     "federated_sgld.py": ["--quick", "--out", "{out}"],
     "fou_bridge.py": ["--quick", "--out", "{out}"],
     "discrete_latents.py": ["--quick", "--out", "{out}"],
+    "counting_objects.py": ["--quick"],
     "custom_objective.py": ["--quick"],
     "koopman_vae.py": ["--quick", "--out", "{out}"],
     "hurst_estimation.py": ["--quick", "--out", "{out}"],
