@@ -132,10 +132,10 @@ def _draws(log_q, k):
     return c, log_q.T.gather(0, c)
 
 
-def hand_reinforce(baseline):
-    """ELBO(K) with REINFORCE: moving-average (``"avg"``) or leave-one-out (``"loo"``)."""
+def hand_reinforce(baseline, k):
+    """ELBO(k) with REINFORCE: moving-average (``"avg"``) or leave-one-out (``"loo"``)."""
 
-    def surrogate(vae, x, k, state):
+    def surrogate(vae, x, state):
         log_q, log_joint = _parts(vae, x, (k,))
         c, lq = _draws(log_q, k)
         f = log_joint(c) - lq  # (k, batch)
@@ -150,7 +150,7 @@ def hand_reinforce(baseline):
     return surrogate
 
 
-def hand_enumerate(vae, x, k, state):
+def hand_enumerate(vae, x, state):
     """The ELBO summed exactly over the values of the discrete site of every image."""
     log_q, log_joint = _parts(vae, x)
     values = torch.arange(log_q.shape[-1], device=x.device)[:, None]  # broadcast over images
@@ -158,8 +158,12 @@ def hand_enumerate(vae, x, k, state):
     return (log_q.exp() * (joint - log_q)).sum()
 
 
-def hand_vimco(vae, x, k, state):
-    """VIMCO (Mnih & Rezende, 2016): IWAE per image, leave-one-out geometric-mean baseline."""
+def hand_vimco(k):
+    """VIMCO(k) (Mnih & Rezende, 2016): IWAE per image, leave-one-out geometric-mean baseline."""
+    return functools.partial(_vimco, k=k)
+
+
+def _vimco(vae, x, state, k):
     log_q, log_joint = _parts(vae, x, (k,))
     c, lq = _draws(log_q, k)
     w = log_joint(c) - lq  # (k, batch)
@@ -172,14 +176,14 @@ def hand_vimco(vae, x, k, state):
     return (bound + ((bound.detach() - baseline) * (lq - lq.detach())).sum(0)).sum()
 
 
-def hand_step(surrogate, vae, k, lr):
+def hand_step(surrogate, vae, lr):
     """One Adam step (fused kernel) on ``-surrogate``, as a function of the minibatch."""
     opt = torch.optim.Adam(vae.parameters(), lr=lr, fused=True)
     state = {}
 
     def step(x):
         opt.zero_grad(set_to_none=True)
-        loss = -surrogate(vae, x, k, state)
+        loss = -surrogate(vae, x, state)
         loss.backward()
         opt.step()
         return loss.item()
@@ -230,10 +234,10 @@ def _methods(k, site):
             None,
         ),
         # hand-written PyTorch (the floor)
-        ("hand ELBO(1)+Reinforce(avg)", hand_reinforce("avg"), None, "graph1"),
-        (f"hand ELBO({k})+Reinforce(loo)", hand_reinforce("loo"), None, "graphK"),
+        ("hand ELBO(1)+Reinforce(avg)", hand_reinforce("avg", 1), None, "graph1"),
+        (f"hand ELBO({k})+Reinforce(loo)", hand_reinforce("loo", k), None, "graphK"),
         ("hand ELBO(1)+Enumerate", hand_enumerate, None, "enum"),
-        (f"hand VIMCO({k},local)", hand_vimco, None, "renyi"),
+        (f"hand VIMCO({k},local)", hand_vimco(k), None, "renyi"),
         # Pyro
         ("pyro TraceGraph_ELBO(1)", lambda: pyro.infer.TraceGraph_ELBO(), graph, "graph1"),
         (
@@ -320,7 +324,7 @@ def run(label, make_loss, tag, train, test, extra, args):
         train[i : i + args.batch] for i in range(0, len(train) - args.batch + 1, args.batch)
     ]
     if label.startswith("hand"):
-        step = hand_step(make_loss, vae, args.particles, args.lr)
+        step = hand_step(make_loss, vae, args.lr)
     elif args.engine == "pplx" and label.startswith("pplx"):
         engine = SVI(vae.model, tag(vae.guide), loss=make_loss(), optim_args={"lr": args.lr})
         state = engine.init(batches[0])
