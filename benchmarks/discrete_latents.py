@@ -103,9 +103,7 @@ def _objects_parts(vae, x, particles):
     2)``, and shared by all values of ``n``.
     """
     m = vae.max_objects
-    presence, loc, log_scale = vae.encoder(x).split([m, 2 * m, 2 * m], -1)
-    loc = vae.anchors + loc.reshape(-1, m, 2)
-    scale = F.softplus(log_scale.reshape(-1, m, 2) - 3.0) + 1e-3
+    log_q, loc, scale = vae.read_out(x)  # the guide's network and parametrisation
     where = loc + scale * torch.randn(particles + loc.shape, dtype=x.dtype, device=x.device)
     prior_scale = torch.full_like(loc, vae.where_scale)
     log_w = (
@@ -118,7 +116,7 @@ def _objects_parts(vae, x, particles):
         log_lik = _gaussian_log_density(x, vae.render(n, where), noise).sum(-1)
         return log_lik + log_w
 
-    return vae.count_logits(presence), log_joint
+    return log_q, log_joint
 
 
 def _parts(vae, x, particles=()):
@@ -160,20 +158,20 @@ def hand_enumerate(vae, x, state):
 
 def hand_vimco(k):
     """VIMCO(k) (Mnih & Rezende, 2016): IWAE per image, leave-one-out geometric-mean baseline."""
-    return functools.partial(_vimco, k=k)
 
+    def surrogate(vae, x, state):
+        log_q, log_joint = _parts(vae, x, (k,))
+        c, lq = _draws(log_q, k)
+        w = log_joint(c) - lq  # (k, batch)
+        bound = torch.logsumexp(w, 0) - math.log(k)
+        wd = w.detach()
+        others = (wd.sum(0, keepdim=True) - wd) / (k - 1)
+        diagonal = torch.eye(k, dtype=torch.bool, device=x.device)[..., None]
+        swapped = torch.where(diagonal, others[:, None], wd[None])  # w_j := mean of the others
+        baseline = torch.logsumexp(swapped, 1) - math.log(k)
+        return (bound + ((bound.detach() - baseline) * (lq - lq.detach())).sum(0)).sum()
 
-def _vimco(vae, x, state, k):
-    log_q, log_joint = _parts(vae, x, (k,))
-    c, lq = _draws(log_q, k)
-    w = log_joint(c) - lq  # (k, batch)
-    bound = torch.logsumexp(w, 0) - math.log(k)
-    wd = w.detach()
-    others = (wd.sum(0, keepdim=True) - wd) / (k - 1)
-    diagonal = torch.eye(k, dtype=torch.bool, device=x.device)[..., None]
-    swapped = torch.where(diagonal, others[:, None], wd[None])  # w_j := mean of the others
-    baseline = torch.logsumexp(swapped, 1) - math.log(k)
-    return (bound + ((bound.detach() - baseline) * (lq - lq.detach())).sum(0)).sum()
+    return surrogate
 
 
 def hand_step(surrogate, vae, lr):

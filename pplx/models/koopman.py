@@ -445,15 +445,13 @@ class KoopmanVAE(nn.Module):
         n, T, _ = x.shape
         if self.training:
             self.train_len.fill_(T)
-        free = self.prior_kl == "free"
-        zbar = locs = scales = None
-        if free:
+        zbar = None
+        if self.prior_kl == "free":
             zbar, locs, scales = self._rollout(n, T, like=filled)
+            prior = dist.Normal(locs, scales).to_event(2)
+        else:
+            prior = AutoregressivePrior(self, (n,), T, like=filled)
         with pyro.plate("data", n):
-            if free:
-                prior = dist.Normal(locs, scales).to_event(2)
-            else:
-                prior = AutoregressivePrior(self, (n,), T, like=filled)
             with poutine.scale(scale=self.beta):
                 z = pyro.sample("z", prior)
             x_hat = self.decode(z)

@@ -106,13 +106,23 @@ class ObjectCountVAE(nn.Module):
     def guide(self, x: torch.Tensor) -> None:
         r"""The amortised guide :math:`q(n \mid x)\, q(w \mid x)`."""
         pyro.module("objects", self)
+        logits, loc, scale = self.read_out(x)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("n", dist.Categorical(logits=logits))
+            pyro.sample("where", dist.Normal(loc, scale).to_event(2))
+
+    def read_out(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The guide's parameters for images ``x``.
+
+        Returns:
+            Count log-probabilities ``(..., M + 1)`` and position means and scales
+            ``(..., M, 2)``.
+        """
         m = self.max_objects
         presence, loc, log_scale = self.encoder(x).split([m, 2 * m, 2 * m], -1)
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("n", dist.Categorical(logits=self.count_logits(presence)))
-            scale = nn.functional.softplus(log_scale - 3.0) + 1e-3  # starts at 0.05
-            loc = self.anchors + loc.reshape(-1, m, 2)
-            pyro.sample("where", dist.Normal(loc, scale.reshape(-1, m, 2)).to_event(2))
+        loc = self.anchors + loc.unflatten(-1, (m, 2))
+        scale = nn.functional.softplus(log_scale.unflatten(-1, (m, 2)) - 3.0) + 1e-3  # 0.05
+        return self.count_logits(presence), loc, scale
 
     @staticmethod
     def count_logits(presence: torch.Tensor) -> torch.Tensor:
@@ -145,5 +155,5 @@ class ObjectCountVAE(nn.Module):
     @torch.no_grad()
     def count_accuracy(self, x: torch.Tensor, counts: torch.Tensor) -> float:
         """Fraction of images whose most probable count under the guide is the true one."""
-        logits = self.count_logits(self.encoder(x)[..., : self.max_objects])
+        logits = self.read_out(x)[0]
         return float((logits.argmax(-1) == counts).to(x.dtype).mean())
