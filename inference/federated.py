@@ -88,6 +88,7 @@ from pplx.inference.potential import Potential
 from pplx.inference.results import Result
 from pplx.inference.sgmcmc import _schedule
 from pplx.inference.validation import ModelError, trace_or_explain
+from pplx.rng import untouched_rng
 from pplx.traces import is_data, sample_sites
 
 #: One shard: a tensor, or a tuple of tensors, whose first dimension indexes the data points.
@@ -302,12 +303,6 @@ def _as_shard(shard: Any, index: int, name: str) -> tuple[torch.Tensor, ...]:
             "give it data"
         )
     return parts
-
-
-def _fork_devices() -> list[int]:
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        return list(range(torch.cuda.device_count()))
-    return []
 
 
 # ---------------------------------------------------------------------- approximations
@@ -684,7 +679,7 @@ class FSGLD:
         shard_model = _ShardModel(self.model, data, args, kwargs)
         # Tracing draws latents from the prior: keep the caller's random stream untouched, so
         # that the run does not depend on how many shards this process builds.
-        with torch.random.fork_rng(devices=_fork_devices()):
+        with untouched_rng():
             trace = trace_or_explain(shard_model, "model")
             shard_model.observed = frozenset(
                 name for name, site in sample_sites(trace).items() if is_data(site)
@@ -703,7 +698,7 @@ class FSGLD:
         if self.batch_size is not None and self.batch_size < shard_model.size:
             shard_model.use(torch.arange(self.batch_size), 1.0)
             try:
-                with torch.random.fork_rng(devices=_fork_devices()):
+                with untouched_rng():
                     potential.log_density(potential.init_particles(1, "uniform"))
             except Exception as exc:  # noqa: BLE001 - re-raised with advice
                 raise ModelError(

@@ -719,11 +719,16 @@ def density(
 
 
 def plate_nesting_of(*programs: tuple[Callable, tuple, dict]) -> int:
-    """Pyro's ``max_plate_nesting`` of several programs, from one blocked run of each."""
+    """Pyro's ``max_plate_nesting`` of several programs, from one blocked run of each.
+
+    The runs leave the random stream untouched (:func:`pplx.rng.untouched_rng`), so the first
+    step of a fit draws the same numbers as it would after a resume from a checkpoint.
+    """
+    from pplx.rng import untouched_rng
     from pplx.traces import max_plate_nesting
 
     traces = []
-    with poutine.block(), torch.no_grad():
+    with poutine.block(), torch.no_grad(), untouched_rng():
         replay_from = None
         for fn, args, kwargs in programs:
             runner = fn if replay_from is None else poutine.replay(fn, trace=replay_from)

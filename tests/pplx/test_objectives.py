@@ -867,3 +867,19 @@ def test_constructor_validation():
         RWS(wake="sleep")
     with pytest.raises(ValueError, match="n >= 1"):
         CUBO(n=0.5)
+
+
+def test_plate_nesting_guess_leaves_the_random_stream_alone():
+    """The first call guesses max_plate_nesting from a blocked run of guide and model; that run
+    must not draw from the caller's stream, or a fit resumed from a checkpoint (whose first
+    step guesses again) would not continue the uninterrupted one."""
+    guide = normal_guide()
+    pyro.clear_param_store()
+    init_params(normal_model, guide, X_N)
+    losses, states = [], []
+    for nesting in (None, 0):  # None: guessed on this call; 0: given, nothing to guess
+        pyro.set_rng_seed(3)
+        losses.append(ELBO(max_plate_nesting=nesting).loss(normal_model, guide, X_N))
+        states.append(torch.get_rng_state())
+    assert losses[0] == losses[1]
+    assert torch.equal(states[0], states[1])
