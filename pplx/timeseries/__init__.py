@@ -23,7 +23,12 @@ from pplx.timeseries.data import (
     sine_data,
     sliding_windows,
 )
-from pplx.timeseries.metrics import Score, discriminative_score, predictive_score
+from pplx.timeseries.metrics import (
+    Score,
+    discriminative_noise_floor,
+    discriminative_score,
+    predictive_score,
+)
 
 __all__ = [
     "CDEEncoder",
@@ -31,6 +36,7 @@ __all__ = [
     "MinMaxScaler",
     "NeuralCDE",
     "Score",
+    "discriminative_noise_floor",
     "discriminative_score",
     "drop_time_rows",
     "load_energy",

@@ -11,6 +11,7 @@ import torch
 
 from pplx.timeseries import (
     Score,
+    discriminative_noise_floor,
     discriminative_score,
     drop_time_rows,
     load_energy,
@@ -175,3 +176,16 @@ def test_scores_reproducible_and_errors(samples):
         predictive_score(real, real2, target="first")
     with pytest.raises(ValueError, match="num_steps"):
         discriminative_score(real, real2, num_steps=0)
+
+
+def test_discriminative_noise_floor_is_the_mean_score_of_a_coin():
+    """A classifier that guesses scores |0.5 - accuracy| with accuracy ~ Binomial(n, 1/2) / n;
+    the floor is the half-normal mean of that, checked by simulation (4 standard errors)."""
+    n, reps = 400, 20_000
+    acc = torch.distributions.Binomial(n, torch.tensor(0.5)).sample((reps,)) / n
+    scores = (acc - 0.5).abs().double()
+    tol = 4 * scores.std().item() / reps**0.5
+    assert abs(scores.mean().item() - discriminative_noise_floor(n)) < tol + 1e-3
+    assert discriminative_noise_floor(4000) == pytest.approx(0.0063, abs=1e-4)
+    with pytest.raises(ValueError, match="num_test"):
+        discriminative_noise_floor(0)
