@@ -328,6 +328,9 @@ def main(argv=None):
                     f"{train_s:6.0f}s {time.perf_counter() - t0:6.0f}s",
                     flush=True,
                 )
+                if seeds > 1:
+                    for seed, (d_s, p_s) in enumerate(zip(disc, pred)):
+                        print(f"{'':24s} training seed {seed}: disc {d_s}, pred {p_s}")
     print(f"total {time.perf_counter() - start:.1f} s")
     print(
         "paper columns: KoVAE on the regular benchmarks only (PAPERS.md s. 5, approximate); "
