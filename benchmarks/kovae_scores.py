@@ -70,8 +70,8 @@ PAPER_STEPS = {"sine": 600 * math.ceil(10_000 / BATCH), "stocks": 600 * math.cei
 class GRUVAE(KoopmanVAE):
     """Baseline: KoopmanVAE's encoder and decoder, prior N(0, I) per step, no Koopman terms."""
 
-    def __init__(self, x_dim, z_dim=16, hidden=20, *, beta=0.007):
-        super().__init__(x_dim, z_dim, hidden, beta=beta, alpha=0.0, gamma=0.0)
+    def __init__(self, x_dim, z_dim=16, hidden=20, *, beta=0.007, **kwargs):
+        super().__init__(x_dim, z_dim, hidden, beta=beta, alpha=0.0, gamma=0.0, **kwargs)
         del self.prior_cell, self.prior_out  # unused: the prior has no parameters
 
     def _prior_step(self, z_prev, h):
@@ -109,19 +109,22 @@ def train(
     encoder="gru",
     checkpoint=None,
     checkpoint_every=5000,
+    architecture=None,
 ):
     """Train one model: ``(net, last loss per sequence, seconds of training)``.
 
     With ``checkpoint`` (a path) the state is saved every ``checkpoint_every`` steps and at the
-    end, and training resumes from the file if it exists.
+    end, and training resumes from the file if it exists. ``architecture``: keyword arguments
+    of the network (``num_layers``, ``bidirectional_decoder``).
     """
+    architecture = architecture or {}
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     d = data.shape[-1]
     if model_name == "kovae":
-        net = KoopmanVAE(d, 16, 20, beta=beta, alpha=alpha, pred_loss=pred_loss)
+        net = KoopmanVAE(d, 16, 20, beta=beta, alpha=alpha, pred_loss=pred_loss, **architecture)
     else:
-        net = GRUVAE(d, 16, 20, beta=beta)
+        net = GRUVAE(d, 16, 20, beta=beta, **architecture)
     net = net.to(device)
     if encoder == "cde" and mask is not None:  # the paper's irregular encoder
         net.encoder = CDEEncoder.for_model(net)
@@ -214,6 +217,14 @@ def main(argv=None):
         help="encoder for irregular data: a GRU over zero-filled values plus the mask, or the "
         "paper's neural CDE over a cubic spline of the observed points (slower)",
     )
+    parser.add_argument(
+        "--num-layers", type=int, default=1, help="GRU layers of encoder and decoder (official: 3)"
+    )
+    parser.add_argument(
+        "--bidirectional-decoder",
+        action="store_true",
+        help="bidirectional decoder GRU (the official code's)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny budgets")
     args = parser.parse_args(argv)
@@ -258,7 +269,10 @@ def main(argv=None):
         "these were scored on 1000 real vs 1000 synthetic sequences (noise floor 0.020), "
         "with the sine weights for stocks."
     )
-    print(f"device={args.device}, pred_loss={args.pred_loss}")
+    print(
+        f"device={args.device}, pred_loss={args.pred_loss}, GRU layers={args.num_layers}, "
+        f"bidirectional decoder={args.bidirectional_decoder}"
+    )
     header = (
         f"{'data':7s} {'missing':>7s} {'model':7s} {'loss/seq':>9s} {'disc':>15s} "
         f"{'floor':>6s} {'pred':>15s} {'paper disc':>10s} {'paper pred':>10s} {'train':>7s} "
@@ -290,7 +304,9 @@ def main(argv=None):
                         enc = args.encoder if rate > 0 else "gru"
                         checkpoint = args.checkpoint_dir / (
                             f"{name}-missing{rate:g}-{model_name}-{enc}-beta{beta:g}-"
-                            f"alpha{alpha:g}-{args.pred_loss}-steps{steps}-seed{seed}.pt"
+                            f"alpha{alpha:g}-{args.pred_loss}-layers{args.num_layers}"
+                            f"{'-bidec' if args.bidirectional_decoder else ''}-steps{steps}-"
+                            f"seed{seed}.pt"
                         )
                     net, loss, seconds = train(
                         model_name,
@@ -305,6 +321,10 @@ def main(argv=None):
                         args.encoder,
                         checkpoint,
                         args.checkpoint_every,
+                        {
+                            "num_layers": args.num_layers,
+                            "bidirectional_decoder": args.bidirectional_decoder,
+                        },
                     )
                     train_s += seconds
                     fake = net.sample(len(real), SEQ_LEN)
