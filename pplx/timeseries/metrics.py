@@ -129,7 +129,7 @@ def discriminative_noise_floor(num_test: int) -> float:
 
     A classifier that cannot tell the two sets apart is right on each held-out sequence with
     probability 1/2, so its accuracy is about :math:`N(1/2, 1/(4 n))` and the score
-    :math:`|0.5 - 	ext{accuracy}|` has mean :math:`\sqrt{2/\pi}\,/\,(2\sqrt{n})` (the mean of
+    :math:`|0.5 - \text{accuracy}|` has mean :math:`\sqrt{2/\pi}\,/\,(2\sqrt{n})` (the mean of
     a half-normal). Scores at or below this are as good as the held-out size can show.
 
     Args:
