@@ -138,9 +138,13 @@ def train(
         optim.set_state(state["optim"])
         gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         done, loss, seconds = state["step"], state["loss"], state["seconds"]
         if done < steps:
             print(f"  resuming {checkpoint.name} at step {done} of {steps}", flush=True)
+
+    cuda = torch.device(device).type == "cuda"
 
     def save(step):
         if checkpoint is None:
@@ -155,6 +159,7 @@ def train(
             "optim": optim.get_state(),
             "generator": gen.get_state(),
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if cuda else None,
         }
         torch.save(state, checkpoint.with_suffix(".tmp"))
         checkpoint.with_suffix(".tmp").replace(checkpoint)  # never a half-written file
