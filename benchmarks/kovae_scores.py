@@ -43,6 +43,13 @@ from pathlib import Path
 import pyro
 import torch
 
+from pplx.inference.checkpoint import (
+    check_writable,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from pplx.models import KoopmanVAE
 from pplx.objectives import ELBO
 from pplx.timeseries import (
@@ -60,6 +67,8 @@ from pplx.timeseries.cde import CDEEncoder
 SEQ_LEN, BATCH, LR = 24, 64, 7e-4
 #: (discriminative, predictive) reported for KoVAE on the regular benchmarks (PAPERS.md s. 5).
 PAPER = {"sine": (0.005, 0.093), "stocks": (0.009, 0.037)}
+#: Name the training checkpoints are written under (pplx.inference.checkpoint).
+ENGINE = "kovae_scores"
 #: (beta, alpha): KL and predictive-loss weights of the official scripts (sine_regular.sh,
 #: stock_regular.sh).
 WEIGHTS = {"sine": (0.007, 0.005), "stocks": (0.009, 0.03)}
@@ -133,36 +142,32 @@ def train(
     gen = torch.Generator().manual_seed(seed)
     done, loss, seconds = 0, float("nan"), 0.0
     if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        state = load_checkpoint(checkpoint, ENGINE, map_location=device)
         net.load_state_dict(state["model"])
         optim.set_state(state["optim"])
         gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        if state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        set_rng_state(state["rng"])
         done, loss, seconds = state["step"], state["loss"], state["seconds"]
         if done < steps:
             print(f"  resuming {checkpoint.name} at step {done} of {steps}", flush=True)
-
-    cuda = torch.device(device).type == "cuda"
+    elif checkpoint is not None:
+        check_writable(checkpoint)
 
     def save(step):
-        if checkpoint is None:
-            return
-        checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        state = {
-            "step": step,
-            "steps": steps,
-            "loss": loss,
-            "seconds": seconds + time.perf_counter() - t0,
-            "model": net.state_dict(),
-            "optim": optim.get_state(),
-            "generator": gen.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if cuda else None,
-        }
-        torch.save(state, checkpoint.with_suffix(".tmp"))
-        checkpoint.with_suffix(".tmp").replace(checkpoint)  # never a half-written file
+        if checkpoint is not None:
+            save_checkpoint(
+                checkpoint,
+                ENGINE,
+                {
+                    "step": step,
+                    "loss": loss,
+                    "seconds": seconds + time.perf_counter() - t0,
+                    "model": net.state_dict(),
+                    "optim": optim.get_state(),
+                    "generator": gen.get_state(),
+                    "rng": rng_state(),
+                },
+            )
 
     t0 = time.perf_counter()
     for step in range(done, steps):
