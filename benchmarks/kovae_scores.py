@@ -53,7 +53,6 @@ from pplx.inference.checkpoint import (
 from pplx.models import KoopmanVAE
 from pplx.objectives import ELBO
 from pplx.timeseries import (
-    discriminative_noise_floor,
     discriminative_score,
     drop_time_rows,
     load_stocks,
@@ -296,8 +295,6 @@ def main(argv=None):
     for name in datasets:
         full = load(name, torch.Generator().manual_seed(0)).to(args.device)
         real = full[:num_eval]
-        # 20 % of the real and of the synthetic sequences are held out by the classifier.
-        floor = discriminative_noise_floor(2 * (len(real) - round(0.8 * len(real))))
         beta, alpha = WEIGHTS[name]
         beta = beta if args.beta is None else args.beta
         alpha = alpha if args.alpha is None else args.alpha
@@ -353,7 +350,7 @@ def main(argv=None):
                 paper_d, paper_p = PAPER[name] if rate == 0 and model_name == "kovae" else (0, 0)
                 print(
                     f"{name:7s} {rate:7.0%} {model_name:7s} {sum(losses) / len(losses):9.3f} "
-                    f"{d_vals.mean():.3f} ± {std(d_vals):.3f} {floor:6.3f}   "
+                    f"{d_vals.mean():.3f} ± {std(d_vals):.3f} {disc[0].floor:6.3f}   "
                     f"{p_vals.mean():.3f} ± {std(p_vals):.3f}   "
                     f"{(f'{paper_d:.3f}' if paper_d else 'n/a'):>10s} "
                     f"{(f'{paper_p:.3f}' if paper_p else 'n/a'):>10s} "
@@ -381,8 +378,8 @@ def main(argv=None):
     print(f"irregular encoder: {encoder}.")
     print(
         "floor: the discriminative score two indistinguishable samples get on average at this "
-        "held-out size (pplx.timeseries.discriminative_noise_floor); train: seconds of "
-        "training (summed over resumed sessions); time: this row's wall time."
+        "held-out size (Score.floor, pplx.timeseries.discriminative_noise_floor); train: "
+        "seconds of training (summed over resumed sessions); time: this row's wall time."
     )
 
 

@@ -33,7 +33,6 @@ from pplx.models import KoopmanVAE  # noqa: E402
 from pplx.models.koopman import plot_eigenvalues  # noqa: E402
 from pplx.objectives import ELBO  # noqa: E402
 from pplx.timeseries import (  # noqa: E402
-    discriminative_noise_floor,
     discriminative_score,
     load_stocks,
     minmax_scale,
@@ -118,10 +117,9 @@ def main(argv=None):
     seeds = tuple(range(args.score_seeds))
     disc = discriminative_score(real, fake, seeds=seeds, num_steps=disc_steps)
     pred = predictive_score(real, fake, seeds=seeds, num_steps=pred_steps)
-    floor = discriminative_noise_floor(2 * (len(real) - round(0.8 * len(real))))
     print(
         f"discriminative score {disc} (lower is better; {len(seeds)} seed(s), "
-        f"{disc_steps} classifier steps; indistinguishable samples score about {floor:.3f} "
+        f"{disc_steps} classifier steps; indistinguishable samples score about {disc.floor:.3f} "
         f"with {len(real)} + {len(real)} sequences)"
     )
     print(

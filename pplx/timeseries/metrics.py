@@ -41,18 +41,21 @@ class Score:
         mean: Mean over repeats.
         std: Sample standard deviation over repeats (0 for a single repeat).
         values: The score of each repeat, in seed order.
+        floor: For a discriminative score, :func:`discriminative_noise_floor` at the held-out
+            size it was measured on (what indistinguishable samples would score); else None.
     """
 
     mean: float
     std: float
     values: tuple[float, ...]
+    floor: float | None = None
 
     @classmethod
-    def of(cls, values: Sequence[float]) -> Score:
+    def of(cls, values: Sequence[float], floor: float | None = None) -> Score:
         """Summarise a list of per-repeat scores."""
         t = torch.tensor(list(values), dtype=torch.float64)
         std = t.std().item() if len(values) > 1 else 0.0
-        return cls(t.mean().item(), std, tuple(float(v) for v in values))
+        return cls(t.mean().item(), std, tuple(float(v) for v in values), floor)
 
     def __str__(self) -> str:
         return f"{self.mean:.4f} ± {self.std:.4f}"
@@ -179,7 +182,7 @@ def discriminative_score(
         train_fraction: Fraction of each set used for training.
 
     Returns:
-        The :class:`Score` over seeds.
+        The :class:`Score` over seeds, with its noise floor (``Score.floor``).
     """
     real, synthetic = _check_pair(real, synthetic, min_n=2)
     _check_common(num_steps, batch_size, seeds, lr)
@@ -220,7 +223,7 @@ def discriminative_score(
                 pred = (net(x_te)[1].squeeze(-1) > 0).to(dtype)
                 accuracy = (pred == y_te).to(torch.float64).mean().item()
         values.append(abs(0.5 - accuracy))
-    return Score.of(values)
+    return Score.of(values, floor=discriminative_noise_floor(len(y_te)))
 
 
 def predictive_score(

@@ -144,6 +144,7 @@ def test_discriminative_score_real_vs_real_near_zero(samples):
     real, real2, _ = samples
     score = discriminative_score(real, real2, seeds=(0, 1), **KW)
     assert isinstance(score, Score) and len(score.values) == 2
+    assert score.floor == discriminative_noise_floor(2 * (N - round(0.8 * N)))  # 20 % held out
     assert score.mean < 0.1, score
 
 
