@@ -44,6 +44,7 @@ from pplx.estimators.strategies import (
     as_strategy,
     default_strategy,
 )
+from pplx.rng import untouched_rng
 from pplx.traces import particle_plate
 
 
@@ -724,7 +725,6 @@ def plate_nesting_of(*programs: tuple[Callable, tuple, dict]) -> int:
     The runs leave the random stream untouched (:func:`pplx.rng.untouched_rng`), so the first
     step of a fit draws the same numbers as it would after a resume from a checkpoint.
     """
-    from pplx.rng import untouched_rng
     from pplx.traces import max_plate_nesting
 
     traces = []
