@@ -123,7 +123,7 @@ def train(
 
     With ``checkpoint`` (a path) the state is saved every ``checkpoint_every`` steps and at the
     end, and training resumes from the file if it exists. ``architecture``: keyword arguments
-    of the network (``num_layers``, ``bidirectional_decoder``).
+    of the network (``num_layers``, ``bidirectional_decoder``, ``encoder_batch_norm``).
     """
     architecture = architecture or {}
     pyro.clear_param_store()
@@ -234,6 +234,11 @@ def main(argv=None):
         action="store_true",
         help="bidirectional decoder GRU (the official code's)",
     )
+    parser.add_argument(
+        "--encoder-batch-norm",
+        action="store_true",
+        help="batch-normalise the encoder outputs (the official code's default)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny budgets")
     args = parser.parse_args(argv)
@@ -282,7 +287,8 @@ def main(argv=None):
     )
     print(
         f"device={args.device}, pred_loss={args.pred_loss}, GRU layers={args.num_layers}, "
-        f"bidirectional decoder={args.bidirectional_decoder}"
+        f"bidirectional decoder={args.bidirectional_decoder}, "
+        f"encoder batch norm={args.encoder_batch_norm}"
     )
     header = (
         f"{'data':7s} {'missing':>7s} {'model':7s} {'loss/seq':>9s} {'disc':>15s} "
@@ -314,7 +320,8 @@ def main(argv=None):
                         checkpoint = args.checkpoint_dir / (
                             f"{name}-missing{rate:g}-{model_name}-{enc}-beta{beta:g}-"
                             f"alpha{alpha:g}-{args.pred_loss}-layers{args.num_layers}"
-                            f"{'-bidec' if args.bidirectional_decoder else ''}-steps{steps}-"
+                            f"{'-bidec' if args.bidirectional_decoder else ''}"
+                            f"{'-bn' if args.encoder_batch_norm else ''}-steps{steps}-"
                             f"seed{seed}.pt"
                         )
                     net, loss, seconds = train(
@@ -333,6 +340,7 @@ def main(argv=None):
                         {
                             "num_layers": args.num_layers,
                             "bidirectional_decoder": args.bidirectional_decoder,
+                            "encoder_batch_norm": args.encoder_batch_norm,
                         },
                     )
                     train_s += seconds

@@ -1,4 +1,4 @@
-"""Random streams: run a block of code without consuming the caller's random numbers."""
+"""Bookkeeping runs: leave the random stream and the modules' buffers as they were."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["untouched_rng"]
+__all__ = ["untouched_buffers", "untouched_rng"]
 
 
 def _devices() -> list[int]:
@@ -28,3 +28,36 @@ def untouched_rng() -> Iterator[None]:
     """
     with torch.random.fork_rng(devices=_devices()):
         yield
+
+
+@contextlib.contextmanager
+def untouched_buffers() -> Iterator[None]:
+    """Restore the buffers of every module called in the block to their values before it.
+
+    A bookkeeping run of a program in training mode would otherwise update its modules'
+    running statistics (``torch.nn.BatchNorm1d`` and the like) as if it were a training step.
+    A global forward pre-hook records each called module's buffers the first time it runs; at
+    the end of the block the buffers are put back, values and tensor objects alike (so a
+    buffer that the module replaced rather than updated in place is restored too).
+    """
+    saved: dict[int, tuple[torch.nn.Module, dict[str, tuple[torch.Tensor, torch.Tensor]]]] = {}
+
+    def remember(module: torch.nn.Module, _inputs: object) -> None:
+        if id(module) not in saved:
+            buffers = {
+                n: (b, b.detach().clone()) for n, b in module._buffers.items() if b is not None
+            }
+            saved[id(module)] = (module, buffers)
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(remember)
+    try:
+        yield
+    finally:
+        handle.remove()
+        for module, buffers in saved.values():
+            for name, (tensor, value) in buffers.items():
+                # through .data: the restore must not bump the version counter, or a graph
+                # built before the block that saved the buffer (batch norm saves its running
+                # statistics for backward) would refuse to backpropagate
+                tensor.data.copy_(value)
+                module._buffers[name] = tensor

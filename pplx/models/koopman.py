@@ -6,7 +6,7 @@ Data via Koopman VAEs" (KoVAE). For a batch of sequences :math:`x_{1:T}` (featur
 
 * **guide** :math:`q(z_{1:T} \mid x) = \prod_t N(z_t; \mu_t(x), \sigma_t^2(x))`: a (bi)GRU over
   the observations (missing entries zero-filled, the observation mask as extra inputs) with a
-  per-step Gaussian read-out;
+  per-step Gaussian read-out (optionally after batch normalisation, as in the official code);
 * **model**: an autoregressive prior network :math:`p(z_t \mid z_{<t}) = N(m_t, s_t^2)`
   (a GRU cell fed the previous latent; ``prior_kl="free"`` instead takes the per-step
   Gaussians of the free rollout below, as the official code does), a decoder (GRU, linear,
@@ -243,6 +243,11 @@ class KoopmanVAE(nn.Module):
             :meth:`predictive_loss`.
         bidirectional_decoder: Bidirectional decoder GRU (the official code's choice; it did
             not improve short CPU runs on sine, so it is off by default).
+        encoder_batch_norm: Batch-normalise the encoder GRU's outputs per channel (over batch
+            and time) before the Gaussian read-out, as the official code does by default. In
+            training mode the posterior of a sequence then depends on the rest of its batch
+            (the statistics of the batch, padded steps included); in ``eval()`` mode the
+            running statistics are used, so call ``.eval()`` before scoring held-out data.
         prior_kl: ``"conditional"`` (default): the prior of :math:`z_t` is the prior network
             fed the guide's :math:`z_{<t}`, :math:`N(m_t(z_{<t}), s_t^2(z_{<t}))`, so the
             objective is the ELBO of the autoregressive prior that :meth:`sample` draws from.
@@ -270,6 +275,7 @@ class KoopmanVAE(nn.Module):
         pred_loss: str = "relative",
         bidirectional_decoder: bool = False,
         prior_kl: str = "conditional",
+        encoder_batch_norm: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (("x_dim", x_dim), ("z_dim", z_dim), ("hidden", hidden)):
@@ -296,6 +302,8 @@ class KoopmanVAE(nn.Module):
         self.encoder = nn.GRU(
             2 * x_dim, hidden, num_layers, batch_first=True, bidirectional=bidirectional
         )
+        #: Batch normalisation of the encoder outputs (``None`` unless ``encoder_batch_norm``).
+        self.encoder_norm = nn.BatchNorm1d(directions * hidden) if encoder_batch_norm else None
         self.encoder_out = nn.Linear(directions * hidden, 2 * z_dim)
         self.prior_cell = nn.GRUCell(z_dim, hidden)
         self.prior_out = nn.Linear(hidden, 2 * z_dim)
@@ -395,6 +403,8 @@ class KoopmanVAE(nn.Module):
         """Posterior means and scales of :math:`z_{1:T}`, each of shape ``(n, T, z_dim)``."""
         filled, mask3 = self._check(x, mask)
         h = self.encoder(torch.cat([filled, mask3.to(filled.dtype)], -1))[0]
+        if self.encoder_norm is not None:  # BatchNorm1d wants channels before time
+            h = self.encoder_norm(h.transpose(1, 2)).transpose(1, 2)
         return self._gaussian(self.encoder_out(h))
 
     def prior_rollout(self, n: int, length: int, like: torch.Tensor | None = None) -> torch.Tensor:

@@ -18,6 +18,7 @@ import torch
 from pyro.poutine.runtime import _PYRO_STACK
 
 from pplx.capture import CaptureError, capture
+from pplx.rng import untouched_buffers, untouched_rng
 
 
 def _key_of(value: Any) -> Any:
@@ -81,7 +82,8 @@ class CapturedLoss:
             return self.loss_fn(*full, **kwargs)
 
         try:
-            with poutine.block():
+            # a bookkeeping run: the eager run above was this step
+            with poutine.block(), untouched_rng(), untouched_buffers():
                 graph = capture(replayable, *tensors)
         except CaptureError as error:
             raise CaptureError(

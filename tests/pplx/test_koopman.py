@@ -351,3 +351,34 @@ def test_trained_kovae_beats_untrained_on_scores():
     # measured: 0.50 -> 0.03-0.07 (0.37 +- 0.02 with the pre-fix summed predictive loss)
     assert after.mean < 0.15 and after.mean < before.mean - 0.3
     assert torch.linalg.eigvals(m.koopman()).abs().max() < 1.05
+
+
+def test_encoder_batch_norm_option_trains_identically_under_every_objective():
+    x = sine(16)
+    m = small_model(encoder_batch_norm=True)
+    # training mode: batch statistics, a sequence's posterior depends on its batch;
+    # eval mode: running statistics, it does not
+    assert not torch.allclose(m.encode(x)[0][:4], m.encode(x[:4])[0])
+    m.eval()
+    assert torch.allclose(m.encode(x)[0][:4], m.encode(x[:4])[0], atol=1e-6)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    start = int(m.encoder_norm.num_batches_tracked)  # the two encodes in training mode
+    runs = []
+    for objective in (Trace_ELBO(), ELBO(), ELBO().compile()):
+        pyro.clear_param_store()
+        m.load_state_dict(state)
+        m.train()
+        pyro.set_rng_seed(0)
+        svi = SVI(m.model, m.guide, pyro.optim.Adam({"lr": 1e-2}), objective)
+        losses = [svi.step(x) for _ in range(5)]
+        runs.append((losses, m.encoder_norm.running_mean.clone()))
+        # only training steps update the statistics (not pplx's bookkeeping runs)
+        assert int(m.encoder_norm.num_batches_tracked) == start + 5
+    for losses, running_mean in runs[1:]:
+        assert losses == pytest.approx(runs[0][0], rel=1e-5)
+        assert torch.allclose(running_mean, runs[0][1], atol=1e-6)
+    xm, mask = drop_time_rows(x, 0.5, torch.Generator().manual_seed(1))
+    loss = Trace_ELBO().differentiable_loss(m.model, m.guide, xm, mask)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)

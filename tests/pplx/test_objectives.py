@@ -883,3 +883,55 @@ def test_plate_nesting_guess_leaves_the_random_stream_alone():
         states.append(torch.get_rng_state())
     assert losses[0] == losses[1]
     assert torch.equal(states[0], states[1])
+
+
+def test_bookkeeping_runs_leave_batch_norm_statistics_alone():
+    """Guessing the plate nesting (and capturing a compiled program) runs the guide; with a
+    batch-norm layer in training mode those runs must not count as training steps."""
+    net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3))
+    x = torch.randn(8, 2)
+
+    def model(x):
+        with pyro.plate("n", x.shape[0]):
+            pyro.sample("z", dist.Normal(0.0, 1.0).expand([x.shape[0], 3]).to_event(1))
+
+    def guide(x):
+        pyro.module("net", net)
+        with pyro.plate("n", x.shape[0]):
+            pyro.sample("z", dist.Normal(net(x), 1.0).to_event(1))
+
+    pyro.clear_param_store()
+    norm = net[1]
+    ELBO().differentiable_loss(model, guide, x).backward()  # one step, one update
+    assert int(norm.num_batches_tracked) == 1
+    expected = 0.1 * net[0](x).detach().mean(0)  # momentum 0.1 from zeros
+    assert torch.allclose(norm.running_mean, expected, atol=1e-6)
+    compiled = ELBO().compile()
+    for steps in (2, 3, 4):  # eager + capture on the first call, replays after
+        compiled.differentiable_loss(model, guide, x).backward()
+        assert int(norm.num_batches_tracked) == steps
+
+
+def test_untouched_buffers_restores_replaced_and_updated_buffers():
+    from pplx.rng import untouched_buffers
+
+    class Counter(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("count", torch.zeros(()))
+            self.register_buffer("last", torch.zeros(2))
+
+        def forward(self, x):
+            self.count += 1  # in place
+            self.last = x.detach().clone()  # replaced
+            return x
+
+    counter = Counter()
+    count, last = counter.count, counter.last
+    with untouched_buffers():
+        counter(torch.ones(2))
+        assert float(counter.count) == 1 and counter.last is not last
+    assert counter.count is count and counter.last is last
+    assert float(counter.count) == 0 and torch.equal(counter.last, torch.zeros(2))
+    counter(torch.ones(2))  # outside the block: updates stay
+    assert float(counter.count) == 1
