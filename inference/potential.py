@@ -33,6 +33,7 @@ from torch.distributions.transforms import ComposeTransform, IndependentTransfor
 
 from pplx.capture import CaptureError, capture
 from pplx.inference.validation import ModelError, check_model, latent_site_names, trace_or_explain
+from pplx.rng import untouched_buffers, untouched_rng
 from pplx.traces import (
     SiteInfo,
     max_plate_nesting,
@@ -318,8 +319,9 @@ class Potential:
         key = (what, tuple(z.shape), z.dtype, z.device)
         fn = self._compiled.get(key)
         if fn is None:
-            try:
-                fn = capture(eager, z.detach(), *indices)
+            try:  # a bookkeeping run: the graph computes this step
+                with untouched_rng(), untouched_buffers():
+                    fn = capture(eager, z.detach(), *indices)
             except CaptureError as error:
                 fn = eager
                 if self._jit:  # None means "where the model allows it": no warning
