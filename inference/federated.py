@@ -88,7 +88,7 @@ from pplx.inference.potential import Potential
 from pplx.inference.results import Result
 from pplx.inference.sgmcmc import _schedule
 from pplx.inference.validation import ModelError, trace_or_explain
-from pplx.rng import untouched_rng
+from pplx.rng import untouched_state
 from pplx.traces import is_data, sample_sites
 
 #: One shard: a tensor, or a tuple of tensors, whose first dimension indexes the data points.
@@ -677,9 +677,9 @@ class FSGLD:
         self, index: int, data: tuple[torch.Tensor, ...], args: tuple, kwargs: dict
     ) -> tuple[_ShardModel, Potential]:
         shard_model = _ShardModel(self.model, data, args, kwargs)
-        # Tracing draws latents from the prior: keep the caller's random stream untouched, so
-        # that the run does not depend on how many shards this process builds.
-        with untouched_rng():
+        # Tracing draws latents from the prior: keep the caller's random stream (and module
+        # buffers) untouched, so that the run does not depend on how many shards it builds.
+        with untouched_state():
             trace = trace_or_explain(shard_model, "model")
             shard_model.observed = frozenset(
                 name for name, site in sample_sites(trace).items() if is_data(site)
@@ -698,7 +698,7 @@ class FSGLD:
         if self.batch_size is not None and self.batch_size < shard_model.size:
             shard_model.use(torch.arange(self.batch_size), 1.0)
             try:
-                with untouched_rng():
+                with untouched_state():
                     potential.log_density(potential.init_particles(1, "uniform"))
             except Exception as exc:  # noqa: BLE001 - re-raised with advice
                 raise ModelError(

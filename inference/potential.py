@@ -33,7 +33,7 @@ from torch.distributions.transforms import ComposeTransform, IndependentTransfor
 
 from pplx.capture import CaptureError, capture
 from pplx.inference.validation import ModelError, check_model, latent_site_names, trace_or_explain
-from pplx.rng import untouched_buffers, untouched_rng
+from pplx.rng import untouched_state
 from pplx.traces import (
     SiteInfo,
     max_plate_nesting,
@@ -320,7 +320,7 @@ class Potential:
         fn = self._compiled.get(key)
         if fn is None:
             try:  # a bookkeeping run: the graph computes this step
-                with untouched_rng(), untouched_buffers():
+                with untouched_state():
                     fn = capture(eager, z.detach(), *indices)
             except CaptureError as error:
                 fn = eager

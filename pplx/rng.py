@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["untouched_buffers", "untouched_rng"]
+__all__ = ["untouched_buffers", "untouched_rng", "untouched_state"]
 
 
 def _devices() -> list[int]:
@@ -61,3 +61,14 @@ def untouched_buffers() -> Iterator[None]:
                 # statistics for backward) would refuse to backpropagate
                 tensor.data.copy_(value)
                 module._buffers[name] = tensor
+
+
+@contextlib.contextmanager
+def untouched_state() -> Iterator[None]:
+    """A bookkeeping run: :func:`untouched_rng` and :func:`untouched_buffers` together.
+
+    For runs of a program that only inspect it (guess its plate nesting, trace its sites,
+    capture its graph, try it on a minibatch) so that they leave no trace in the fit.
+    """
+    with untouched_rng(), untouched_buffers():
+        yield

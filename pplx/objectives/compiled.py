@@ -18,7 +18,7 @@ import torch
 from pyro.poutine.runtime import _PYRO_STACK
 
 from pplx.capture import CaptureError, capture
-from pplx.rng import untouched_buffers, untouched_rng
+from pplx.rng import untouched_state
 
 
 def _key_of(value: Any) -> Any:
@@ -83,7 +83,7 @@ class CapturedLoss:
 
         try:
             # a bookkeeping run: the eager run above was this step
-            with poutine.block(), untouched_rng(), untouched_buffers():
+            with poutine.block(), untouched_state():
                 graph = capture(replayable, *tensors)
         except CaptureError as error:
             raise CaptureError(

@@ -44,7 +44,7 @@ from pplx.estimators.strategies import (
     as_strategy,
     default_strategy,
 )
-from pplx.rng import untouched_buffers, untouched_rng
+from pplx.rng import untouched_state
 from pplx.traces import particle_plate
 
 
@@ -723,14 +723,14 @@ def plate_nesting_of(*programs: tuple[Callable, tuple, dict]) -> int:
     """Pyro's ``max_plate_nesting`` of several programs, from one blocked run of each.
 
     The runs leave the random stream and the modules' buffers untouched
-    (:func:`pplx.rng.untouched_rng`, :func:`pplx.rng.untouched_buffers`), so the first step of
-    a fit draws the same numbers as it would after a resume from a checkpoint, and batch-norm
-    statistics are updated by training steps only.
+    (:func:`pplx.rng.untouched_state`), so the first step of a fit draws the same numbers as it
+    would after a resume from a checkpoint, and batch-norm statistics are updated by training
+    steps only.
     """
     from pplx.traces import max_plate_nesting
 
     traces = []
-    with poutine.block(), torch.no_grad(), untouched_rng(), untouched_buffers():
+    with poutine.block(), torch.no_grad(), untouched_state():
         replay_from = None
         for fn, args, kwargs in programs:
             runner = fn if replay_from is None else poutine.replay(fn, trace=replay_from)
