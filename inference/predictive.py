@@ -12,6 +12,7 @@ from typing import Any
 
 import pyro.poutine as poutine
 import torch
+from pyro.poutine.util import site_is_subsample
 
 from pplx.traces import (
     from_particle_layout,
@@ -154,6 +155,19 @@ def observed_data(model: Callable, *args: Any, **kwargs: Any) -> dict[str, torch
     return {n: s["value"].detach() for n, s in sample_sites(trace).items() if is_data(s)}
 
 
+def _q_sites(trace: poutine.Trace) -> list[dict]:
+    r"""The guide's sample sites that make up :math:`\log q`: latent, auxiliary included.
+
+    Plates' subsample sites are left out: their zero log-density lives on the plate's device
+    (the CPU unless the plate names one), not the guide's.
+    """
+    return [
+        site
+        for site in trace.nodes.values()
+        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+    ]
+
+
 def guide_draws(
     guide: Callable, num_samples: int, *args: Any, **kwargs: Any
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -178,11 +192,7 @@ def guide_draws(
                 if not site["is_observed"]
             }
             log_q = torch.stack(
-                [
-                    per_particle_sum(site["log_prob"], num_samples)
-                    for site in trace.nodes.values()
-                    if site["type"] == "sample" and "log_prob" in site and not site["is_observed"]
-                ]
+                [per_particle_sum(site["log_prob"], num_samples) for site in _q_sites(trace)]
             ).sum(0)
             return draws, log_q.detach()
         except (RuntimeError, ValueError, IndexError) as error:
@@ -192,9 +202,7 @@ def guide_draws(
         for _ in range(num_samples):
             trace = trace_program(guide, *args, **kwargs)
             trace.compute_log_prob(lambda name, site: not site["is_observed"])
-            log_qs.append(
-                sum(s["log_prob_sum"] for s in trace.nodes.values() if "log_prob_sum" in s)
-            )
+            log_qs.append(sum(site["log_prob_sum"] for site in _q_sites(trace)))
             for name, site in sample_sites(trace).items():
                 if not site["is_observed"]:
                     values.setdefault(name, []).append(site["value"])

@@ -572,7 +572,9 @@ def test_float32_model_gives_float32_draws_and_buffer():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_smoke():
     x = X_NET.cuda()
-    result = StructuredSGLD(net, step_size=0.01, buffer_size=5, dropout=0.3).run(
+    # the CPU tests' initial point: a prior draw of the noise scale can be tiny and diverge
+    init = {name: value.cuda() for name, value in net_init(2).items()}
+    result = StructuredSGLD(net, step_size=0.01, buffer_size=5, dropout=0.3, init=init).run(
         x, num_samples=10, warmup_steps=5, num_chains=2
     )
     assert result.samples["w1"].device.type == "cuda"

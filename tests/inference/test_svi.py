@@ -1219,6 +1219,7 @@ def test_float64_model_gives_float64_draws():
         ),
     ],
 )
+@pytest.mark.filterwarnings("error:drawing from the guide")  # vectorized on every device
 def test_device_smoke(device, tmp_path):
     x = X20.to(device)
     svi = SVI(normal_model, AutoNormal(normal_model), checkpoint=tmp_path / "c.ckpt")
