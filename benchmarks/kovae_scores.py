@@ -80,7 +80,7 @@ class GRUVAE(KoopmanVAE):
 
     def __init__(self, x_dim, z_dim=16, hidden=20, *, beta=0.007, **kwargs):
         super().__init__(x_dim, z_dim, hidden, beta=beta, alpha=0.0, gamma=0.0, **kwargs)
-        del self.prior_cell, self.prior_out  # unused: the prior has no parameters
+        del self.prior_rnn, self.prior_out  # unused: the prior has no parameters
 
     def _prior_step(self, z_prev, h):
         loc = torch.zeros_like(z_prev)

@@ -211,6 +211,22 @@ def plot_eigenvalues(eigenvalues: torch.Tensor, ax=None, **scatter_kwargs):
     return ax
 
 
+_PRIOR_CELL_KEYS = {
+    "weight_ih": "weight_ih_l0",
+    "weight_hh": "weight_hh_l0",
+    "bias_ih": "bias_ih_l0",
+    "bias_hh": "bias_hh_l0",
+}
+
+
+def _rename_prior_cell(state_dict, prefix, *args) -> None:
+    """Load state dicts saved when the prior network was a ``GRUCell`` named ``prior_cell``."""
+    for old, new in _PRIOR_CELL_KEYS.items():
+        key = f"{prefix}prior_cell.{old}"
+        if key in state_dict:
+            state_dict[f"{prefix}prior_rnn.{new}"] = state_dict.pop(key)
+
+
 class KoopmanVAE(nn.Module):
     r"""Koopman VAE (Naiman, Berman et al., ICLR 2024) as a Pyro model + guide pair.
 
@@ -305,7 +321,10 @@ class KoopmanVAE(nn.Module):
         #: Batch normalisation of the encoder outputs (``None`` unless ``encoder_batch_norm``).
         self.encoder_norm = nn.BatchNorm1d(directions * hidden) if encoder_batch_norm else None
         self.encoder_out = nn.Linear(directions * hidden, 2 * z_dim)
-        self.prior_cell = nn.GRUCell(z_dim, hidden)
+        # The prior network: a one-layer GRU, stepped one latent at a time when rolled out
+        # freely and run over a whole path at once for the conditional prior. A GRU module
+        # (not a GRUCell) keeps its weights in the one contiguous block cuDNN wants.
+        self.prior_rnn = nn.GRU(z_dim, hidden, batch_first=True)
         self.prior_out = nn.Linear(hidden, 2 * z_dim)
         self.decoder = nn.GRU(
             z_dim, hidden, num_layers, batch_first=True, bidirectional=bidirectional_decoder
@@ -313,6 +332,7 @@ class KoopmanVAE(nn.Module):
         self.decoder_out = nn.Linear((2 if bidirectional_decoder else 1) * hidden, x_dim)
         #: Training length seen by :meth:`model` (0 before training).
         self.register_buffer("train_len", torch.zeros((), dtype=torch.long))
+        self._register_load_state_dict_pre_hook(_rename_prior_cell)
 
     # ------------------------------------------------------------------ helpers
 
@@ -377,7 +397,10 @@ class KoopmanVAE(nn.Module):
         batch = torch.broadcast_shapes(z_prev.shape[:-1], h.shape[:-1])
         z_prev = z_prev.expand(*batch, self.z_dim).reshape(-1, self.z_dim)
         h = h.expand(*batch, self.hidden).reshape(-1, self.hidden)
-        h = self.prior_cell(z_prev, h).reshape(*batch, self.hidden)
+        rnn = self.prior_rnn
+        h = torch.gru_cell(
+            z_prev, h, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0
+        ).reshape(*batch, self.hidden)
         loc, scale = self._gaussian(self.prior_out(h))
         return loc, scale, h
 
@@ -389,11 +412,7 @@ class KoopmanVAE(nn.Module):
         """
         flat = z.reshape(-1, *z.shape[-2:])
         shifted = torch.cat([flat.new_zeros(flat.shape[0], 1, self.z_dim), flat[:, :-1]], 1)
-        cell = self.prior_cell
-        h0 = flat.new_zeros(1, flat.shape[0], self.hidden)
-        weights = [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh]
-        # the cell's weights in torch's sequence GRU (batch_first, one layer, one direction)
-        h, _ = torch.gru(shifted, h0, weights, True, 1, 0.0, self.training, False, True)
+        h, _ = self.prior_rnn(shifted)
         loc, scale = self._gaussian(self.prior_out(h))
         return loc.reshape(z.shape), scale.reshape(z.shape)
 

@@ -1,6 +1,7 @@
 """Tests of ``pplx.models.koopman``: the Koopman VAE of Naiman, Berman et al. (ICLR 2024)."""
 
 import math
+import warnings
 
 import matplotlib
 import pyro
@@ -18,7 +19,14 @@ from pplx.models.koopman import (
     stability_penalty,
 )
 from pplx.objectives import ELBO, IWAE
-from pplx.timeseries import drop_time_rows, pad_sequences, sine_data
+from pplx.timeseries import (
+    discriminative_score,
+    drop_time_rows,
+    pad_sequences,
+    predictive_score,
+    sine_data,
+)
+from pplx.timeseries.cde import CDEEncoder
 
 matplotlib.use("Agg")
 F64 = torch.float64
@@ -319,7 +327,7 @@ def test_vectorized_particles_reach_the_latent_path_site():
     m = small_model()
     loss = IWAE(num_particles=3).differentiable_loss(m.model, m.guide, x)
     loss.backward()
-    assert torch.isfinite(loss) and m.prior_cell.weight_ih.grad.abs().sum() > 0
+    assert torch.isfinite(loss) and m.prior_rnn.weight_ih_l0.grad.abs().sum() > 0
 
 
 def test_model_follows_input_dtype():
@@ -382,3 +390,52 @@ def test_encoder_batch_norm_option_trains_identically_under_every_objective():
     loss.backward()
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+
+
+def test_state_dicts_from_the_grucell_prior_still_load():
+    """Checkpoints saved when the prior network was a ``GRUCell`` (``prior_cell.*``) load."""
+    m = small_model()
+    old = {}
+    for key, value in m.state_dict().items():
+        if key.startswith("prior_rnn."):
+            key = "prior_cell." + key.removeprefix("prior_rnn.").removesuffix("_l0")
+        old[key] = value.clone() + 1.0
+    fresh = small_model()
+    fresh.load_state_dict(old)  # strict: every key matched
+    assert torch.equal(fresh.prior_rnn.weight_hh_l0, old["prior_cell.weight_hh"])
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+        ),
+    ],
+)
+@pytest.mark.parametrize("irregular", [False, True])
+def test_training_sampling_and_scores_stay_on_the_device(device, irregular):
+    """The official network (stacked GRUs, bidirectional decoder, batch norm) on ``device``:
+    training, sampling, the spectrum and both scores, without cuDNN weight-layout warnings."""
+    x = sine(16).to(device)
+    mask = None
+    if irregular:
+        x, mask = drop_time_rows(x, 0.5, torch.Generator().manual_seed(0))
+    m = small_model(num_layers=2, bidirectional_decoder=True, encoder_batch_norm=True)
+    if irregular:  # the paper's irregular encoder: a neural CDE over a cubic spline
+        m.encoder = CDEEncoder.for_model(m)
+    m = m.to(device)
+    svi = SVI(m.model, m.guide, pyro.optim.Adam({"lr": 1e-2}), ELBO())
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="RNN module weights")
+        losses = [svi.step(x, mask) for _ in range(3)]
+        m.eval()
+        fake = m.sample(16)
+    assert all(math.isfinite(v) for v in losses)
+    assert fake.device.type == device and fake.shape == (16, 12, 3)
+    assert m.eigenvalues(num_samples=32).device.type == device
+    real = sine(16, seed=1).to(device)
+    disc = discriminative_score(real, fake, seeds=(0,), num_steps=5)
+    pred = predictive_score(real, fake, seeds=(0,), num_steps=5)
+    assert 0 <= disc.mean <= 0.5 and math.isfinite(pred.mean)
