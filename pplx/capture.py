@@ -39,6 +39,11 @@ class _Substitutions(TorchFunctionMode):
     * ``multinomial(p, n, replacement=True)`` (how ``Categorical`` samples) draws by inverse
       CDF, one uniform per draw, instead of torch's one exponential per category and draw for
       ``n = 1``; the draws have the same distribution.
+    * The sequence RNNs (``nn.GRU``, ``nn.LSTM``, ``nn.RNN``) on CUDA hand cuDNN a flat
+      weight buffer made by wrapping a storage (``set_`` with a ``Storage``), which
+      ``make_fx`` cannot record, whatever the weights' layout. With cuDNN off for that call
+      they record as torch's native recurrence: the same function and gradients, one small
+      set of operations per time step instead of one cuDNN kernel.
     """
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -57,7 +62,14 @@ class _Substitutions(TorchFunctionMode):
             named = dict(zip(("input", "num_samples", "replacement"), args), **kwargs)
             if named.get("replacement", False) or named["num_samples"] == 1:
                 return _inverse_cdf_draws(named["input"], named["num_samples"])
+        if func in _SEQUENCE_RNNS and any(isinstance(a, torch.Tensor) and a.is_cuda for a in args):
+            with torch.backends.cudnn.flags(enabled=False):
+                return func(*args, **kwargs)
         return func(*args, **kwargs)
+
+
+#: torch's sequence RNN functions (what ``nn.GRU``/``nn.LSTM``/``nn.RNN`` call).
+_SEQUENCE_RNNS = (torch.gru, torch.lstm, torch.rnn_tanh, torch.rnn_relu)
 
 
 def _inverse_cdf_draws(weights: torch.Tensor, num_samples: int) -> torch.Tensor:

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
+from pyro.infer.util import is_validation_enabled
 from torch import nn
 
 __all__ = [
@@ -146,7 +147,9 @@ def natural_cubic_coeffs(
     B, T, _ = x.shape
     if T < 2:
         raise ValueError(f"x needs at least 2 time steps, got T={T}")
-    if torch.isinf(x).any():
+    # A value check, so it follows Pyro's validation switch (off while a compiled objective
+    # records the program).
+    if is_validation_enabled() and torch.isinf(x).any():
         raise ValueError("x has infinite values")
     times = _check_times(times, T, x)
     if include_time:

@@ -146,3 +146,34 @@ def test_inverse_cdf_draws_stay_in_range_and_unbiased_in_low_precision():
     # bfloat16 cumulative sums would lose most of 2000 equal weights
     draws = _inverse_cdf_draws(torch.ones(2000, dtype=torch.bfloat16), 100_000)
     assert torch.bincount(draws, minlength=2000).min() > 0  # about 50 expected per category
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+        ),
+    ],
+)
+@pytest.mark.parametrize("kind", ["GRU", "LSTM"])
+def test_sequence_rnns_are_captured_with_their_gradients(device, kind):
+    # On CUDA the modules keep their weights in one flat cuDNN buffer, which make_fx cannot
+    # record as such.
+    torch.manual_seed(0)
+    rnn = getattr(torch.nn, kind)(3, 5, num_layers=2, batch_first=True).to(device)
+    x = torch.randn(4, 7, 3, device=device)
+
+    def loss(inputs):
+        return rnn(inputs)[0].pow(2).sum()
+
+    graph = capture(loss, x)
+    expected = torch.autograd.grad(loss(x), list(rnn.parameters()))
+    value = graph(x)
+    # eager cuDNN multiplies in TF32 (torch.backends.cudnn.allow_tf32), the recorded native
+    # recurrence in float32: about 3e-4 apart
+    tol = {"rtol": 2e-3, "atol": 2e-3} if device == "cuda" else {}
+    torch.testing.assert_close(value, loss(x), **tol)
+    for got, want in zip(torch.autograd.grad(value, list(rnn.parameters())), expected):
+        torch.testing.assert_close(got, want, **tol)

@@ -415,7 +415,8 @@ def test_state_dicts_from_the_grucell_prior_still_load():
     ],
 )
 @pytest.mark.parametrize("irregular", [False, True])
-def test_training_sampling_and_scores_stay_on_the_device(device, irregular):
+@pytest.mark.parametrize("compiled", [False, True])
+def test_training_sampling_and_scores_stay_on_the_device(device, irregular, compiled):
     """The official network (stacked GRUs, bidirectional decoder, batch norm) on ``device``:
     training, sampling, the spectrum and both scores, without cuDNN weight-layout warnings."""
     x = sine(16).to(device)
@@ -426,7 +427,8 @@ def test_training_sampling_and_scores_stay_on_the_device(device, irregular):
     if irregular:  # the paper's irregular encoder: a neural CDE over a cubic spline
         m.encoder = CDEEncoder.for_model(m)
     m = m.to(device)
-    svi = SVI(m.model, m.guide, pyro.optim.Adam({"lr": 1e-2}), ELBO())
+    objective = ELBO().compile() if compiled else ELBO()
+    svi = SVI(m.model, m.guide, pyro.optim.Adam({"lr": 1e-2}), objective)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="RNN module weights")
         losses = [svi.step(x, mask) for _ in range(3)]
