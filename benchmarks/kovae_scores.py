@@ -123,7 +123,8 @@ def train(
 
     With ``checkpoint`` (a path) the state is saved every ``checkpoint_every`` steps and at the
     end, and training resumes from the file if it exists. ``architecture``: keyword arguments
-    of the network (``num_layers``, ``bidirectional_decoder``, ``encoder_batch_norm``).
+    of the network (``num_layers``, ``bidirectional_decoder``, ``encoder_batch_norm``,
+    ``prior_kl``).
     """
     architecture = architecture or {}
     pyro.clear_param_store()
@@ -187,6 +188,12 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=None, help="SVI steps per training")
     parser.add_argument("--seeds", type=int, default=None, help="training seeds per config")
     parser.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="first training seed (seeds first..first+seeds-1; to add seeds in another run)",
+    )
+    parser.add_argument(
         "--num-eval",
         type=int,
         default=None,
@@ -238,6 +245,13 @@ def main(argv=None):
         "--encoder-batch-norm",
         action="store_true",
         help="batch-normalise the encoder outputs (the official code's default)",
+    )
+    parser.add_argument(
+        "--prior-kl",
+        choices=["conditional", "free"],
+        default="conditional",
+        help='KoopmanVAE prior_kl ("free": the KL against the free prior rollout, as the '
+        "official code)",
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny budgets")
@@ -291,7 +305,7 @@ def main(argv=None):
     print(
         f"device={args.device}, pred_loss={args.pred_loss}, GRU layers={args.num_layers}, "
         f"bidirectional decoder={args.bidirectional_decoder}, "
-        f"encoder batch norm={args.encoder_batch_norm}"
+        f"encoder batch norm={args.encoder_batch_norm}, prior_kl={args.prior_kl}"
     )
     header = (
         f"{'data':7s} {'missing':>7s} {'model':7s} {'loss/seq':>9s} {'disc':>15s} "
@@ -300,6 +314,7 @@ def main(argv=None):
     )
     print(header)
     print("-" * len(header))
+    free_kl = args.prior_kl == "free"
     start = time.perf_counter()
     for name in datasets:
         full = load(name, torch.Generator().manual_seed(0)).to(args.device)
@@ -316,7 +331,7 @@ def main(argv=None):
             for model_name in models:
                 t0 = time.perf_counter()
                 disc, pred, losses, train_s = [], [], [], 0.0
-                for seed in range(seeds):
+                for seed in range(args.first_seed, args.first_seed + seeds):
                     checkpoint = None
                     if args.checkpoint_dir is not None:
                         enc = args.encoder if rate > 0 else "gru"
@@ -324,7 +339,9 @@ def main(argv=None):
                             f"{name}-missing{rate:g}-{model_name}-{enc}-beta{beta:g}-"
                             f"alpha{alpha:g}-{args.pred_loss}-layers{args.num_layers}"
                             f"{'-bidec' if args.bidirectional_decoder else ''}"
-                            f"{'-bn' if args.encoder_batch_norm else ''}-steps{steps}-"
+                            f"{'-bn' if args.encoder_batch_norm else ''}"
+                            f"{'-freekl' if free_kl and model_name == 'kovae' else ''}"
+                            f"-steps{steps}-"
                             f"seed{seed}.pt"
                         )
                     net, loss, seconds = train(
@@ -344,6 +361,7 @@ def main(argv=None):
                             "num_layers": args.num_layers,
                             "bidirectional_decoder": args.bidirectional_decoder,
                             "encoder_batch_norm": args.encoder_batch_norm,
+                            **({"prior_kl": args.prior_kl} if model_name == "kovae" else {}),
                         },
                     )
                     train_s += seconds
@@ -369,7 +387,7 @@ def main(argv=None):
                     flush=True,
                 )
                 if seeds > 1:
-                    for seed, (d_s, p_s) in enumerate(zip(disc, pred)):
+                    for seed, (d_s, p_s) in enumerate(zip(disc, pred), args.first_seed):
                         print(f"{'':24s} training seed {seed}: disc {d_s}, pred {p_s}")
     print(f"total {time.perf_counter() - start:.1f} s")
     print(

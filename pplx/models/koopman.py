@@ -8,7 +8,7 @@ Data via Koopman VAEs" (KoVAE). For a batch of sequences :math:`x_{1:T}` (featur
   the observations (missing entries zero-filled, the observation mask as extra inputs) with a
   per-step Gaussian read-out (optionally after batch normalisation, as in the official code);
 * **model**: an autoregressive prior network :math:`p(z_t \mid z_{<t}) = N(m_t, s_t^2)`
-  (a GRU cell fed the previous latent; ``prior_kl="free"`` instead takes the per-step
+  (a one-layer GRU fed the previous latent; ``prior_kl="free"`` instead takes the per-step
   Gaussians of the free rollout below, as the official code does), a decoder (GRU, linear,
   sigmoid) and the likelihood
   :math:`x_{t,j} \sim N(\hat x_{t,j}(z), \sigma_x^2)` over the observed entries only;
