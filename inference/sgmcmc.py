@@ -417,10 +417,18 @@ class SGLD:
         median = lp.median(1, keepdim=True).values
         diverging = ~torch.isfinite(lp) | (lp < median - self.divergence_threshold)
         if diverging.any():
+            # flagged draws that only open their chains: the chain was still arriving
+            arriving = bool((diverging.long().cummin(1).values.bool() == diverging).all())
+            cause = (
+                "they open their chains, which had not reached the typical set when the "
+                "warm-up ended: raise warmup_steps"
+                if arriving and bool(torch.isfinite(lp).all())
+                else "the chain left the typical set. Lower the step size"
+            )
             warnings.warn(
                 f"{self.name}: {int(diverging.sum())} draw(s) have a log density more than "
-                f"{self.divergence_threshold:g} nats below their chain's median: the chain left "
-                "the typical set. Lower the step size (see sample_stats['diverging']).",
+                f"{self.divergence_threshold:g} nats below their chain's median: {cause} "
+                "(see sample_stats['diverging']).",
                 RuntimeWarning,
                 stacklevel=2,
             )

@@ -1021,3 +1021,17 @@ def test_device_smoke(cls, device):
     assert w.device.type == device and w.shape == (4, 20, DIM)
     assert torch.isfinite(w).all()
     assert result.sample_stats["lp"].device.type == device
+
+
+def test_draws_flagged_only_at_the_start_of_a_chain_ask_for_a_longer_warmup():
+    def unit():
+        pyro.sample("x", dist.Normal(t(0.0), t(1.0)))
+
+    # started 100 sd away with no warm-up: the first draws sit far below the chain's median
+    init = {"x": torch.full((2,), 100.0, dtype=torch.float64)}
+    with pytest.warns(RuntimeWarning, match="open their chains.*raise warmup_steps"):
+        result = SGLD(unit, step_size=0.1, init=init).run(
+            num_samples=200, warmup_steps=0, num_chains=2
+        )
+    diverging = result.sample_stats["diverging"]
+    assert diverging[:, 0].all() and not diverging[:, -100:].any()
