@@ -16,6 +16,7 @@ sequence in C++ or one cuDNN kernel.
 """
 
 import argparse
+import itertools
 
 import pyro
 import torch
@@ -43,11 +44,12 @@ def step_fn(network, objective, data, device):
     net = KoopmanVAE(5, 16, 20, beta=0.007, alpha=0.005, **NETWORKS[network]).to(device)
     svi = pyro.infer.SVI(net.model, net.guide, pyro.optim.Adam({"lr": 7e-4}), objective())
     gen = torch.Generator().manual_seed(0)
-    batches = [data[torch.randint(len(data), (64,), generator=gen)] for _ in range(8)]
-    count = iter(range(10**9))
+    batches = itertools.cycle(
+        [data[torch.randint(len(data), (64,), generator=gen)] for _ in range(8)]
+    )
 
     def step():
-        svi.step(batches[next(count) % len(batches)])
+        svi.step(next(batches))
         if device.type == "cuda":
             torch.cuda.synchronize()
 
