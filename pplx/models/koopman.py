@@ -596,6 +596,94 @@ class KoopmanVAE(nn.Module):
             z = torch.cat([z, torch.stack(steps[1:], 1)], 1)
         return self.decode(z)
 
+    def fit_prior(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        *,
+        num_steps: int = 5000,
+        batch_size: int = 64,
+        lr: float = 3e-4,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        r"""Second training stage: refit the prior network with everything else frozen.
+
+        During joint training the encoder, and with it the aggregate posterior
+        :math:`q(z) = \mathbb E_x\, q(z \mid x)`, keeps moving, and the prior network
+        :math:`p(z_t \mid z_{<t})` that :meth:`sample` draws from lags behind it. This method
+        continues training on the model's own loss with only the prior network's parameters
+        (``prior_rnn``, ``prior_out``) updated: with ``prior_kl="conditional"`` that is
+        maximum likelihood of posterior paths :math:`z \sim q(z \mid x)` under the
+        autoregressive prior, :math:`-\beta\,\mathbb E_q \log p(z)`, plus the Koopman terms
+        :math:`\alpha L_\text{pred} + \gamma L_\text{eig}` of its free rollouts. Encoder,
+        decoder and their batch-norm statistics stay as they are (the model is in ``eval()``
+        mode meanwhile), so reconstructions do not change; only the samples do. Fitting the
+        prior after the autoencoder is the "two-stage" remedy for a prior that misses the
+        aggregate posterior (Dai & Wipf, ICLR 2019; Ghosh et al., ICLR 2020); it is not part
+        of the KoVAE paper.
+
+        Measured on the sine benchmark at the official budget (see the Koopman guide), 5000
+        steps cut the discriminative score of the official network from about 0.02 to the
+        noise floor.
+
+        Args:
+            x: Training sequences ``(n, T, x_dim)`` (NaN where unobserved, with ``mask``).
+            mask: Observation mask, as for :meth:`model`.
+            num_steps: Adam steps, each on a minibatch drawn with replacement.
+            batch_size: Sequences per minibatch.
+            lr: Adam learning rate.
+            generator: Random generator for the minibatch indices (default: torch's global
+                one); latent draws use torch's global random stream, as in training.
+
+        Returns:
+            The loss per sequence at every step, a CPU tensor of shape ``(num_steps,)``.
+        """
+        from pplx.objectives import ELBO  # pplx.objectives does not import the models
+
+        prior_params = [p for m in self._prior_modules() for p in m.parameters()]
+        if not prior_params:
+            raise ValueError(f"{type(self).__name__} has no prior network to fit")
+        for name, value in (("num_steps", num_steps), ("batch_size", batch_size)):
+            if int(value) != value or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not lr > 0:
+            raise ValueError(f"lr must be positive, got {lr!r}")
+        self._check(x, mask)  # clear errors before any work
+        if mask is not None and mask.shape == x.shape[:2]:
+            mask = mask.unsqueeze(-1)
+        gen_device = generator.device if generator is not None else x.device
+        objective, optim = ELBO(), torch.optim.Adam(prior_params, lr=lr)
+        prior_ids = {id(p) for p in prior_params}
+        frozen = [p for p in self.parameters() if id(p) not in prior_ids and p.requires_grad]
+        was_training = self.training
+        losses = torch.empty(num_steps)
+        try:
+            self.eval()
+            for p in frozen:
+                p.requires_grad_(False)
+            for step in range(num_steps):
+                idx = torch.randint(len(x), (batch_size,), generator=generator, device=gen_device)
+                idx = idx.to(x.device)
+                batch_mask = None if mask is None else mask[idx]
+                loss = objective.differentiable_loss(self.model, self.guide, x[idx], batch_mask)
+                optim.zero_grad()
+                loss.backward()
+                optim.step()
+                losses[step] = loss.detach() / batch_size
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+            self.train(was_training)
+        return losses
+
+    def _prior_modules(self) -> list[nn.Module]:
+        """The modules of the prior network (none for a fixed prior)."""
+        return [
+            m
+            for m in (getattr(self, "prior_rnn", None), getattr(self, "prior_out", None))
+            if m is not None
+        ]
+
     def loss_terms(
         self, x: torch.Tensor, mask: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:

@@ -392,6 +392,67 @@ def test_encoder_batch_norm_option_trains_identically_under_every_objective():
     assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
 
 
+def prior_nll(m, x, mask=None, draws=8, seed=7):
+    """-log p(z) of posterior paths z ~ q(z | x) under the autoregressive prior (fixed draws)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        loc, scale = m.encode(x, mask)
+        total = 0.0
+        for _ in range(draws):
+            z = loc + scale * torch.randn(loc.shape, generator=g)
+            total -= AutoregressivePrior(m, (len(x),), x.shape[1]).log_prob(z).mean().item()
+    return total / draws
+
+
+@pytest.mark.parametrize("irregular", [False, True])
+def test_fit_prior_trains_the_prior_alone_and_fits_the_posterior_paths(irregular):
+    x = sine(32)
+    mask = None
+    if irregular:
+        x, mask = drop_time_rows(x, 0.3, torch.Generator().manual_seed(2))
+    m = small_model(alpha=0.1, gamma=0.1, encoder_batch_norm=True)
+    pyro.set_rng_seed(0)
+    svi = SVI(m.model, m.guide, pyro.optim.Adam({"lr": 2e-2}), ELBO())
+    for _ in range(20):
+        svi.step(x, mask)
+    m.eval()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    nll_before = prior_nll(m, x, mask)
+    m.train()
+    losses = m.fit_prior(
+        x, mask, num_steps=60, batch_size=16, lr=2e-2, generator=torch.Generator().manual_seed(1)
+    )
+    assert losses.shape == (60,) and torch.isfinite(losses).all()
+    assert m.training  # the mode is restored, as is requires_grad
+    assert all(p.requires_grad for p in m.parameters())
+    m.eval()
+    for key, value in m.state_dict().items():
+        prior = key.startswith(("prior_rnn.", "prior_out."))
+        if prior and "weight" in key:
+            assert not torch.equal(value, before[key]), key
+        elif not prior:  # encoder, decoder and batch-norm statistics untouched
+            assert torch.equal(value, before[key]), key
+    # maximum likelihood of the posterior paths: their prior NLL drops
+    nll_after = prior_nll(m, x, mask)
+    assert nll_after < nll_before - 1.0, (nll_after, nll_before)
+
+
+def test_fit_prior_errors_name_the_argument():
+    m = small_model()
+    x = sine(8)
+    with pytest.raises(ValueError, match="num_steps must be a positive integer"):
+        m.fit_prior(x, num_steps=0)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        m.fit_prior(x, batch_size=2.5)
+    with pytest.raises(ValueError, match="lr must be positive"):
+        m.fit_prior(x, lr=0.0)
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, T, x_dim=3\)"):
+        m.fit_prior(x[..., :2])
+    del m.prior_rnn, m.prior_out  # a fixed prior, as the GRU-VAE baseline's
+    with pytest.raises(ValueError, match="has no prior network to fit"):
+        m.fit_prior(x)
+
+
 def test_state_dicts_from_the_grucell_prior_still_load():
     """Checkpoints saved when the prior network was a ``GRUCell`` (``prior_cell.*``) load."""
     m = small_model()
@@ -432,9 +493,10 @@ def test_training_sampling_and_scores_stay_on_the_device(device, irregular, comp
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="RNN module weights")
         losses = [svi.step(x, mask) for _ in range(3)]
+        fitted = m.fit_prior(x, mask, num_steps=2, batch_size=8)
         m.eval()
         fake = m.sample(16)
-    assert all(math.isfinite(v) for v in losses)
+    assert all(math.isfinite(v) for v in losses) and torch.isfinite(fitted).all()
     assert fake.device.type == device and fake.shape == (16, 12, 3)
     assert m.eigenvalues(num_samples=32).device.type == device
     real = sine(16, seed=1).to(device)
