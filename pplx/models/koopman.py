@@ -51,6 +51,8 @@ from pyro.distributions import TorchDistribution, constraints
 from pyro.infer.util import is_validation_enabled
 from torch import nn
 
+from pplx.objectives import ELBO
+
 __all__ = [
     "AutoregressivePrior",
     "KoopmanVAE",
@@ -622,9 +624,9 @@ class KoopmanVAE(nn.Module):
         aggregate posterior (Dai & Wipf, ICLR 2019; Ghosh et al., ICLR 2020); it is not part
         of the KoVAE paper.
 
-        Measured on the sine benchmark at the official budget (see the Koopman guide), 5000
-        steps cut the discriminative score of the official network from about 0.02 to the
-        noise floor.
+        Measured on the sine benchmark at the official budget (the Koopman guide, "Sample
+        quality"), 5000 steps cut the discriminative score of the official network from
+        0.019 to 0.010 (noise floor 0.006).
 
         Args:
             x: Training sequences ``(n, T, x_dim)`` (NaN where unobserved, with ``mask``).
@@ -638,8 +640,6 @@ class KoopmanVAE(nn.Module):
         Returns:
             The loss per sequence at every step, a CPU tensor of shape ``(num_steps,)``.
         """
-        from pplx.objectives import ELBO  # pplx.objectives does not import the models
-
         prior_params = [p for m in self._prior_modules() for p in m.parameters()]
         if not prior_params:
             raise ValueError(f"{type(self).__name__} has no prior network to fit")
@@ -649,8 +649,6 @@ class KoopmanVAE(nn.Module):
         if not lr > 0:
             raise ValueError(f"lr must be positive, got {lr!r}")
         self._check(x, mask)  # clear errors before any work
-        if mask is not None and mask.shape == x.shape[:2]:
-            mask = mask.unsqueeze(-1)
         gen_device = generator.device if generator is not None else x.device
         objective, optim = ELBO(), torch.optim.Adam(prior_params, lr=lr)
         prior_ids = {id(p) for p in prior_params}
