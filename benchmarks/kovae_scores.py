@@ -429,7 +429,8 @@ def main(argv=None):
     print(
         "floor: the discriminative score two indistinguishable samples get on average at this "
         "held-out size (Score.floor, pplx.timeseries.discriminative_noise_floor); train: "
-        "seconds of training (summed over resumed sessions); time: this row's wall time."
+        "seconds of training (summed over resumed sessions; with --fit-prior, the refit "
+        "included); time: this row's wall time."
     )
 
 
