@@ -626,7 +626,8 @@ class KoopmanVAE(nn.Module):
 
         Measured on the sine benchmark at the official budget (the Koopman guide, "Sample
         quality"), 5000 steps cut the discriminative score of the official network from
-        0.019 to 0.010-0.014 over four refits (noise floor 0.006, paper 0.005).
+        0.019 to 0.010-0.014 over four refits (noise floor 0.006, paper 0.005); on stocks it
+        helped one training seed and hurt the other, so compare scores with and without it.
 
         Args:
             x: Training sequences ``(n, T, x_dim)`` (NaN where unobserved, with ``mask``).
