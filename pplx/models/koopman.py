@@ -641,7 +641,13 @@ class KoopmanVAE(nn.Module):
         Returns:
             The loss per sequence at every step, a CPU tensor of shape ``(num_steps,)``.
         """
-        prior_params = [p for m in self._prior_modules() for p in m.parameters()]
+        # the GRU-VAE baseline deletes these modules: its N(0, I) prior has no parameters
+        prior_params = [
+            p
+            for name in ("prior_rnn", "prior_out")
+            if hasattr(self, name)
+            for p in getattr(self, name).parameters()
+        ]
         if not prior_params:
             raise ValueError(f"{type(self).__name__} has no prior network to fit")
         for name, value in (("num_steps", num_steps), ("batch_size", batch_size)):
@@ -655,12 +661,12 @@ class KoopmanVAE(nn.Module):
         prior_ids = {id(p) for p in prior_params}
         frozen = [p for p in self.parameters() if id(p) not in prior_ids and p.requires_grad]
         was_training = self.training
-        losses = torch.empty(num_steps)
+        losses = []
         try:
             self.eval()
             for p in frozen:
                 p.requires_grad_(False)
-            for step in range(num_steps):
+            for _ in range(num_steps):
                 idx = torch.randint(len(x), (batch_size,), generator=generator, device=gen_device)
                 idx = idx.to(x.device)
                 batch_mask = None if mask is None else mask[idx]
@@ -668,20 +674,12 @@ class KoopmanVAE(nn.Module):
                 optim.zero_grad()
                 loss.backward()
                 optim.step()
-                losses[step] = loss.detach() / batch_size
+                losses.append(loss.detach())  # no device sync per step
         finally:
             for p in frozen:
                 p.requires_grad_(True)
             self.train(was_training)
-        return losses
-
-    def _prior_modules(self) -> list[nn.Module]:
-        """The modules of the prior network (none for a fixed prior)."""
-        return [
-            m
-            for m in (getattr(self, "prior_rnn", None), getattr(self, "prior_out", None))
-            if m is not None
-        ]
+        return torch.stack(losses).cpu() / batch_size
 
     def loss_terms(
         self, x: torch.Tensor, mask: torch.Tensor | None = None
