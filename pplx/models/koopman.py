@@ -243,6 +243,9 @@ class KoopmanVAE(nn.Module):
         x_dim: Number of features :math:`d`.
         z_dim: Latent dimension :math:`k` (paper: 16).
         hidden: Hidden size of the GRUs (paper: 20).
+        prior_hidden: Hidden size of the prior network's GRU (default: ``hidden``, as in the
+            paper); a larger prior network can follow the aggregate posterior more closely
+            (see :meth:`fit_prior`).
         num_layers: Layers of the encoder and decoder GRUs.
         bidirectional: Bidirectional encoder (the posterior of :math:`z_t` sees all of
             :math:`x`).
@@ -294,9 +297,12 @@ class KoopmanVAE(nn.Module):
         bidirectional_decoder: bool = False,
         prior_kl: str = "conditional",
         encoder_batch_norm: bool = False,
+        prior_hidden: int | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("x_dim", x_dim), ("z_dim", z_dim), ("hidden", hidden)):
+        prior_hidden = hidden if prior_hidden is None else prior_hidden
+        sizes = (("x_dim", x_dim), ("z_dim", z_dim), ("hidden", hidden))
+        for name, value in (*sizes, ("prior_hidden", prior_hidden)):
             if int(value) != value or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         for name, value in (("beta", beta), ("alpha", alpha), ("gamma", gamma), ("ridge", ridge)):
@@ -307,6 +313,7 @@ class KoopmanVAE(nn.Module):
         if int(num_unit_eigs) != num_unit_eigs or not 0 <= num_unit_eigs <= z_dim:
             raise ValueError(f"num_unit_eigs must be in [0, z_dim={z_dim}], got {num_unit_eigs}")
         self.x_dim, self.z_dim, self.hidden = x_dim, z_dim, hidden
+        self.prior_hidden = prior_hidden
         self.beta, self.alpha, self.gamma = beta, alpha, gamma
         if pred_loss not in ("relative", "sum"):
             raise ValueError(f'pred_loss must be "relative" or "sum", got {pred_loss!r}')
@@ -326,8 +333,8 @@ class KoopmanVAE(nn.Module):
         # The prior network: a one-layer GRU, stepped one latent at a time when rolled out
         # freely and run over a whole path at once for the conditional prior. A GRU module
         # (not a GRUCell) keeps its weights in the one contiguous block cuDNN wants.
-        self.prior_rnn = nn.GRU(z_dim, hidden, batch_first=True)
-        self.prior_out = nn.Linear(hidden, 2 * z_dim)
+        self.prior_rnn = nn.GRU(z_dim, prior_hidden, batch_first=True)
+        self.prior_out = nn.Linear(prior_hidden, 2 * z_dim)
         self.decoder = nn.GRU(
             z_dim, hidden, num_layers, batch_first=True, bidirectional=bidirectional_decoder
         )
@@ -398,11 +405,11 @@ class KoopmanVAE(nn.Module):
         """One step of the prior network; any leading batch shape (e.g. particles)."""
         batch = torch.broadcast_shapes(z_prev.shape[:-1], h.shape[:-1])
         z_prev = z_prev.expand(*batch, self.z_dim).reshape(-1, self.z_dim)
-        h = h.expand(*batch, self.hidden).reshape(-1, self.hidden)
+        h = h.expand(*batch, h.shape[-1]).reshape(-1, h.shape[-1])
         rnn = self.prior_rnn
         h = torch.gru_cell(
             z_prev, h, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0
-        ).reshape(*batch, self.hidden)
+        ).reshape(*batch, -1)
         loc, scale = self._gaussian(self.prior_out(h))
         return loc, scale, h
 
@@ -440,7 +447,7 @@ class KoopmanVAE(nn.Module):
         dtype = like.dtype if like is not None else p.dtype
         device = like.device if like is not None else p.device
         z = torch.zeros(n, self.z_dim, dtype=dtype, device=device)
-        h = torch.zeros(n, self.hidden, dtype=dtype, device=device)
+        h = torch.zeros(n, self.prior_hidden, dtype=dtype, device=device)
         zs, locs, scales = [], [], []
         for _ in range(length):
             loc, scale, h = self._prior_step(z, h)

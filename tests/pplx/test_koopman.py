@@ -232,6 +232,8 @@ def test_input_errors_name_the_argument():
         m.model(torch.rand(4, 12, 2))
     with pytest.raises(ValueError, match="beta"):
         KoopmanVAE(3, beta=-1.0)
+    with pytest.raises(ValueError, match="prior_hidden"):
+        KoopmanVAE(3, prior_hidden=0)
     with pyro.validation_enabled(False):  # value checks follow Pyro's switch (compile())
         m.guide(xm, bad)
 
@@ -304,11 +306,13 @@ def test_prior_kl_free_uses_the_free_rollout_as_prior():
         small_model(prior_kl="marginal")
 
 
-def test_autoregressive_prior_is_the_prior_network_stepped_along_the_path():
-    m = small_model().double()
+@pytest.mark.parametrize("prior_hidden", [None, 11])
+def test_autoregressive_prior_is_the_prior_network_stepped_along_the_path(prior_hidden):
+    m = small_model(prior_hidden=prior_hidden).double()
+    assert m.prior_rnn.hidden_size == m.prior_hidden == (prior_hidden or m.hidden)
     z = torch.randn(2, 5, 12, 4, dtype=F64)  # particles, sequences, steps, latents
     loc, scale = m.conditional_prior(z)
-    h = torch.zeros(2, 5, 8, dtype=F64)
+    h = torch.zeros(2, 5, m.prior_hidden, dtype=F64)
     prev = torch.zeros(2, 5, 4, dtype=F64)
     for t in range(12):
         loc_t, scale_t, h = m._prior_step(prev, h)
@@ -320,6 +324,8 @@ def test_autoregressive_prior_is_the_prior_network_stepped_along_the_path():
     torch.testing.assert_close(prior.log_prob(z), expected)
     assert prior.expand((3, 5)).rsample((2,)).shape == (2, 3, 5, 12, 4)
     assert prior.rsample().dtype == F64
+    m.train_len.fill_(12)
+    assert m.sample(3, 20).shape == (3, 20, 3)  # the free rollout and the Koopman extension
 
 
 def test_vectorized_particles_reach_the_latent_path_site():
