@@ -443,6 +443,25 @@ def test_fit_prior_trains_the_prior_alone_and_fits_the_posterior_paths(irregular
     assert nll_after < nll_before - 1.0, (nll_after, nll_before)
 
 
+def test_a_fresh_prior_of_another_size_refits_on_a_trained_autoencoder():
+    """The guide's recipe: keep a trained model's encoder and decoder, refit a larger prior."""
+    x = sine(16)
+    trained = small_model()
+    pyro.set_rng_seed(0)
+    svi = SVI(trained.model, trained.guide, pyro.optim.Adam({"lr": 2e-2}), ELBO())
+    for _ in range(5):
+        svi.step(x)
+    kept = {k: v for k, v in trained.state_dict().items() if not k.startswith("prior_")}
+    big = small_model(prior_hidden=24)
+    missing = big.load_state_dict(kept, strict=False).missing_keys
+    assert missing and all(k.startswith(("prior_rnn.", "prior_out.")) for k in missing)
+    assert big.fit_prior(x, num_steps=3, batch_size=8).shape == (3,)
+    for key, value in kept.items():
+        assert torch.equal(big.state_dict()[key], value), key
+    big.eval()
+    assert big.sample(4).shape == (4, 12, 3)  # the training length came with the state
+
+
 def test_fit_prior_errors_name_the_argument():
     m = small_model()
     x = sine(8)
