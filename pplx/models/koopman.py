@@ -302,8 +302,12 @@ class KoopmanVAE(nn.Module):
     ) -> None:
         super().__init__()
         prior_hidden = hidden if prior_hidden is None else prior_hidden
-        sizes = (("x_dim", x_dim), ("z_dim", z_dim), ("hidden", hidden))
-        for name, value in (*sizes, ("prior_hidden", prior_hidden)):
+        for name, value in (
+            ("x_dim", x_dim),
+            ("z_dim", z_dim),
+            ("hidden", hidden),
+            ("prior_hidden", prior_hidden),
+        ):
             if int(value) != value or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         for name, value in (("beta", beta), ("alpha", alpha), ("gamma", gamma), ("ridge", ridge)):
