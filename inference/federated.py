@@ -1264,11 +1264,16 @@ class FSGLD:
             median = torch.where(here, lp, torch.nan).nanmedian(1, keepdim=True).values
             diverging |= here & (lp < median - self.divergence_threshold)
         if diverging.any():
+            per_shard = ", ".join(
+                f"shard {s}: {n}"
+                for s in range(state.num_shards)
+                if (n := int((diverging & (shard == s)).sum()))
+            )
             warnings.warn(
                 f"{self.name}: {int(diverging.sum())} draw(s) have a log density more than "
                 f"{self.divergence_threshold:g} nats below the median of their chain at the same "
-                "shard: the chain left the typical set. Lower the step size "
-                "(see sample_stats['diverging']).",
+                f"shard ({per_shard}): the chain left the typical set. Lower the step size "
+                "(see sample_stats['diverging'] and sample_stats['shard']).",
                 RuntimeWarning,
                 stacklevel=2,
             )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -661,6 +662,23 @@ def test_diverging_chains_raise_with_step_size_advice():
         DSGLD(gaussian_mean_model, step_size=1.0, local_steps=50).run(
             SHARDS, num_samples=400, warmup_steps=0, num_chains=2
         )
+
+
+def test_divergence_warning_counts_the_flagged_draws_per_shard():
+    # DSGLD's log-density estimate swings by thousands of nats between the clusters (see the
+    # statistics test above): the check flags draws, and the warning says at which shards.
+    eps = 0.05 / float(torch.linalg.eigvalsh(POST_PREC).max())
+    pyro.set_rng_seed(0)
+    settings = {"step_size": eps, "local_steps": 10, "shard_probabilities": "uniform"}
+    sampler = DSGLD(gaussian_mean_model, init=wide_start(8, 1), **settings)
+    with pytest.warns(RuntimeWarning, match="nats below the median") as record:
+        result = sampler.run(SHARDS, num_samples=40, warmup_steps=20, num_chains=8)
+    diverging, shard = result.sample_stats["diverging"], result.sample_stats["shard"]
+    assert result.info["divergences"] == int(diverging.sum()) > 0
+    message = next(str(w.message) for w in record if "nats below" in str(w.message))
+    counts = {int(s): int(n) for s, n in re.findall(r"shard (\d+): (\d+)", message)}
+    expected = {s: int((diverging & (shard == s)).sum()) for s in range(len(SHARDS))}
+    assert counts == {s: n for s, n in expected.items() if n}
 
 
 def test_resuming_with_other_shards_is_refused(tmp_path):
