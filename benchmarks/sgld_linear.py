@@ -6,7 +6,10 @@ minibatch and scales the likelihood by N/B); the hand-written update draws the m
 same way and differentiates the same log density with autograd; ``posteriors.sgmcmc.sgld``
 (optional: ``pip install posteriors``) gets the same log posterior as a plain function.
 Times are per step for one chain, and for 16 chains (pplx and hand-written only: chains are a
-batch dimension). Part 2: bulk ESS per second of SGLD and SGHMC against Pyro NUTS on the
+batch dimension), once with one minibatch shared by all chains and once with a minibatch per
+chain (pplx's default: the chains stay independent; pplx evaluates the model under
+``torch.func.vmap`` over chains, the hand-written step gathers ``(chains, B, D)`` rows).
+Part 2: bulk ESS per second of SGLD and SGHMC against Pyro NUTS on the
 breast-cancer logistic regression. Everything is measured in this one run.
 
     python benchmarks/sgld_linear.py [--steps 300] [--skip-ess]
@@ -35,24 +38,38 @@ def model(x, y):
         pyro.sample("obs", dist.Normal(mean, 1.0), obs=y[idx])
 
 
-def hand_written(x, y, chains, step_size):
+def hand_written(x, y, chains, step_size, per_chain=False):
     w = torch.zeros(chains, D)
 
     def step():
         nonlocal w
-        idx = torch.randperm(N)[:B]
+        if per_chain:  # (chains, B) indices, drawn with replacement: the cheapest fair draw
+            idx = torch.randint(N, (chains, B))
+        else:
+            idx = torch.randperm(N)[:B]
         with torch.enable_grad():
             ww = w.detach().requires_grad_(True)
             log_p = torch.distributions.Normal(0.0, 1.0).log_prob(ww).sum(-1)
-            lik = torch.distributions.Normal(ww @ x[idx].T, 1.0).log_prob(y[idx]).sum(-1)
+            if per_chain:
+                mean = (x[idx] @ ww.unsqueeze(-1)).squeeze(-1)  # (chains, B)
+            else:
+                mean = ww @ x[idx].T
+            lik = torch.distributions.Normal(mean, 1.0).log_prob(y[idx]).sum(-1)
             (grad,) = torch.autograd.grad((log_p + (N / B) * lik).sum(), ww)
         w = w + 0.5 * step_size * grad + step_size**0.5 * torch.randn_like(w)
 
     return step
 
 
-def pplx_sgld(x, y, chains, step_size, jit=False):
-    sampler = SGLD(model, step_size, init=torch.zeros(chains, D), jit=jit, progress_bar=False)
+def pplx_sgld(x, y, chains, step_size, jit=False, minibatches=None):
+    sampler = SGLD(
+        model,
+        step_size,
+        init=torch.zeros(chains, D),
+        jit=jit,
+        minibatches=minibatches,
+        progress_bar=False,
+    )
     state = sampler.init(x, y, num_chains=chains)
     return lambda: sampler.step(state, x, y)
 
@@ -122,17 +139,20 @@ def main(argv=None):
     step_size = 1e-5
     print(f"SGLD step, linear regression N={N}, D={D}, B={B}, float32, CPU, {args.steps} steps")
     print(
-        f"{'chains':>6} {'hand ms':>8} {'pplx':>7} {'pplx jit':>9} {'posteriors':>11}"
-        "  (ratio to hand-written)"
+        f"{'chains':>6} {'minibatches':>11} {'hand ms':>8} {'pplx':>7} {'pplx jit':>9} "
+        f"{'posteriors':>11}  (ratio to hand-written)"
     )
-    for chains in (1, 16):
-        hand = ms_per_call(hand_written(x, y, chains, step_size), args.steps)
-        ours = ms_per_call(pplx_sgld(x, y, chains, step_size), args.steps)
-        ours_jit = ms_per_call(pplx_sgld(x, y, chains, step_size, jit=True), args.steps)
+    for chains, mode in ((1, "-"), (16, "shared"), (16, "per_chain")):
+        per_chain = mode == "per_chain"
+        hand = ms_per_call(hand_written(x, y, chains, step_size, per_chain), args.steps)
+        minibatches = None if mode == "-" else mode
+        ours = ms_per_call(pplx_sgld(x, y, chains, step_size, False, minibatches), args.steps)
+        ours_jit = ms_per_call(pplx_sgld(x, y, chains, step_size, True, minibatches), args.steps)
         other = posteriors_sgld(x, y, step_size) if chains == 1 else None
         other_cell = "n/a" if other is None else f"{ms_per_call(other, args.steps) / hand:.2f}x"
         print(
-            f"{chains:>6} {hand:8.3f} {ours / hand:6.2f}x {ours_jit / hand:8.2f}x {other_cell:>11}"
+            f"{chains:>6} {mode:>11} {hand:8.3f} {ours / hand:6.2f}x {ours_jit / hand:8.2f}x "
+            f"{other_cell:>11}"
         )
     if not args.skip_ess:
         ess_per_second()

@@ -17,18 +17,20 @@ model nor Pyro's handlers nor autograd's bookkeeping.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import operator
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
-from torch.distributions import Transform, biject_to
+from torch.distributions import Distribution, Transform, biject_to
 from torch.distributions.transforms import ComposeTransform, IndependentTransform
 
 from pplx.capture import CaptureError, capture
@@ -86,6 +88,41 @@ def _subsampling_plates(trace: poutine.Trace) -> dict[str, tuple[int, int]]:
             if fn.subsample_size is not None and fn.subsample_size < fn.size:
                 plates[name] = (fn.size, fn.subsample_size)
     return plates
+
+
+@contextlib.contextmanager
+def _without_validation() -> Iterator[None]:
+    """Turn off the argument checks of distributions (Pyro's and torch's), then restore them.
+
+    The checks branch on tensor values, which :func:`torch.func.vmap` cannot batch.
+    """
+    saved = Distribution._validate_args
+    Distribution.set_default_validate_args(False)
+    try:
+        with pyro.validation_enabled(False):
+            yield
+    finally:
+        Distribution.set_default_validate_args(saved)
+
+
+def _subsets(rows: int, size: int, batch: int, device: torch.device) -> torch.Tensor:
+    """``(rows, batch)`` indices: per row a uniformly random ``batch``-subset of ``range(size)``.
+
+    For ``batch`` small against ``size`` (what minibatching is for) the indices are drawn with
+    replacement and repeated ones drawn again until none is left: work of order
+    ``rows * batch`` instead of the ``rows * size`` of one permutation per row. The procedure
+    treats all labels alike, so each subset is equally likely. Rows come out sorted.
+    """
+    if 4 * batch > size:
+        return torch.rand(rows, size, device=device).topk(batch, -1, sorted=False).indices
+    idx = torch.randint(size, (rows, batch), device=device).sort(-1).values
+    repeated = idx[:, 1:] == idx[:, :-1]
+    while repeated.any():
+        tail = idx[:, 1:]
+        tail[repeated] = torch.randint(size, (int(repeated.sum()),), device=device)
+        idx = idx.sort(-1).values
+        repeated = idx[:, 1:] == idx[:, :-1]
+    return idx
 
 
 class PotentialCache:
@@ -268,10 +305,21 @@ class Potential:
             name: per_particle_sum(s["log_prob"], num) for name, s in sample_sites(trace).items()
         }
 
-    def _draw_minibatch(self) -> list[torch.Tensor]:
-        """Fresh minibatch indices for every subsampling plate (what ``pyro.plate`` draws)."""
+    def draw_minibatch(self, rows: int | None = None) -> list[torch.Tensor]:
+        """Fresh minibatch indices for every subsampling plate (what ``pyro.plate`` draws).
+
+        Args:
+            rows: ``None``: one minibatch ``(B,)`` per plate, shared by all particles. An
+                integer: an independent minibatch per row of the particles, ``(rows, B)``
+                per plate (pass them to :meth:`value_and_grad`).
+        """
+        if rows is None:
+            return [
+                torch.randperm(size, device=self.device)[:batch].clone()
+                for size, batch in self.subsample_plates.values()
+            ]
         return [
-            torch.randperm(size, device=self.device)[:batch].clone()
+            _subsets(rows, size, batch, self.device)
             for size, batch in self.subsample_plates.values()
         ]
 
@@ -283,15 +331,52 @@ class Potential:
             terms.append(log_jac)
         return functools.reduce(operator.add, terms)
 
-    def log_density(self, z: torch.Tensor) -> torch.Tensor:
+    def _log_density_per_row_eager(self, z: torch.Tensor, *indices: torch.Tensor) -> torch.Tensor:
+        """:meth:`_log_density_eager` with minibatch indices ``(P, B)``: row ``p`` sees its own."""
+
+        def one(z_row: torch.Tensor, *idx: torch.Tensor) -> torch.Tensor:
+            return self._log_density_eager(z_row.unsqueeze(0), *idx)[0]
+
+        with _without_validation():
+            return torch.func.vmap(one)(z, *indices)
+
+    def _minibatch(self, z: torch.Tensor, indices: list[torch.Tensor] | None) -> tuple:
+        """``(indices, per_row)``: a fresh shared minibatch unless ``indices`` are given."""
+        if indices is None:
+            return self.draw_minibatch(), False
+        indices = list(indices)
+        if len(indices) != len(self.subsample_plates):
+            raise ValueError(
+                f"{self.engine}: expected minibatch indices for the subsampling plates "
+                f"{list(self.subsample_plates)}, got {len(indices)} tensor(s)"
+            )
+        per_row = bool(indices) and indices[0].dim() == 2
+        for (name, (_, batch)), idx in zip(self.subsample_plates.items(), indices):
+            expected = (z.shape[0], batch) if per_row else (batch,)
+            if tuple(idx.shape) != expected:
+                raise ValueError(
+                    f"{self.engine}: minibatch indices of plate {name!r} must have shape "
+                    f"{expected} (draw them with draw_minibatch), got {tuple(idx.shape)}"
+                )
+        return indices, per_row
+
+    def log_density(
+        self, z: torch.Tensor, indices: list[torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """Unnormalised log posterior density of each particle (unconstrained space): ``(P,)``.
 
         For a model that subsamples its data this is the minibatch estimate Pyro's plates
-        give (likelihood scaled by ``N / B``), with a fresh minibatch at every call. The result
-        is differentiable in ``z`` (captured graphs replay differentiable ATen operations).
+        give (likelihood scaled by ``N / B``), with a fresh minibatch at every call, shared by
+        all particles; ``indices`` from :meth:`draw_minibatch` choose the minibatches instead
+        (``draw_minibatch(P)``: one per particle, evaluated with :func:`torch.func.vmap`). The
+        result is differentiable in ``z`` (captured graphs replay differentiable ATen
+        operations).
         """
-        indices = self._draw_minibatch()
-        fn = self._captured("log_density", self._log_density_eager, z, indices)
+        indices, per_row = self._minibatch(z, indices)
+        if per_row:
+            fn = self._captured("log_density/rows", self._log_density_per_row_eager, z, indices)
+        else:
+            fn = self._captured("log_density", self._log_density_eager, z, indices)
         return fn(z, *indices)
 
     def _value_and_grad_eager(
@@ -303,12 +388,74 @@ class Potential:
             (grad,) = torch.autograd.grad(log_p.sum(), z)
         return log_p.detach(), grad
 
-    def value_and_grad(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log density ``(P,)`` and its gradient ``(P, D)`` with respect to the particles."""
-        indices = self._draw_minibatch()
-        fn = self._captured("value_and_grad", self._value_and_grad_eager, z, indices)
+    def _value_and_grad_per_row_eager(
+        self, z: torch.Tensor, *indices: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_value_and_grad_eager` with minibatch indices ``(P, B)``, one per row."""
+
+        def one(z_row: torch.Tensor, *idx: torch.Tensor) -> torch.Tensor:
+            return self._log_density_eager(z_row.unsqueeze(0), *idx)[0]
+
+        with torch.enable_grad(), _without_validation():
+            grad, log_p = torch.func.vmap(torch.func.grad_and_value(one))(z.detach(), *indices)
+        return log_p.detach(), grad.detach()
+
+    def value_and_grad(
+        self, z: torch.Tensor, indices: list[torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log density ``(P,)`` and its gradient ``(P, D)`` with respect to the particles.
+
+        ``indices``: minibatches as for :meth:`log_density` (default: a fresh one, shared).
+        """
+        indices, per_row = self._minibatch(z, indices)
+        if per_row:
+            what, eager = "value_and_grad/rows", self._value_and_grad_per_row_eager
+        else:
+            what, eager = "value_and_grad", self._value_and_grad_eager
+        fn = self._captured(what, eager, z, indices)
         with torch.no_grad():  # a graph holds the backward pass; eager enables grad itself
             return fn(z.detach(), *indices)
+
+    def check_per_row_minibatches(self, z: torch.Tensor) -> None:
+        """Check that the model evaluates with one minibatch per row, before a long run.
+
+        Compares the per-row evaluation (:func:`torch.func.vmap` over rows) of the first two
+        rows of ``z`` with evaluating each row alone on its minibatch.
+
+        Raises:
+            ModelError: The model cannot be evaluated under ``vmap`` (it reads tensor values
+                in Python, or validates its arguments explicitly), or the results differ.
+        """
+        if not self.subsamples:
+            return
+        z = z[:2].detach()
+        with untouched_state():  # a check: a resumed run must draw what an unbroken one does
+            indices = self.draw_minibatch(len(z))
+        try:
+            with torch.no_grad(), untouched_state():
+                batched = self._log_density_per_row_eager(z, *indices)
+        except Exception as error:  # noqa: BLE001 - re-raised with advice
+            raise ModelError(
+                f"{self.engine}: the model cannot be evaluated with one minibatch per chain "
+                f"({type(error).__name__}: {str(error).splitlines()[0]}); that runs it under "
+                "torch.func.vmap, which "
+                "refuses Python reads of tensor values (.item(), branches on values) and "
+                "explicit validate_args=True. Pass minibatches='shared' to let all chains "
+                "share each step's minibatch."
+            ) from error
+        with torch.no_grad(), untouched_state():
+            singles = torch.cat(
+                [
+                    self._log_density_eager(z[i : i + 1], *[idx[i] for idx in indices])
+                    for i in range(len(z))
+                ]
+            )
+        if not torch.allclose(batched, singles.to(batched.dtype), rtol=1e-4, atol=1e-4):
+            raise ModelError(
+                f"{self.engine}: evaluating the model with one minibatch per chain gives "
+                f"{batched.tolist()}, evaluating the chains one by one {singles.tolist()}. "
+                "Pass minibatches='shared' to let all chains share each step's minibatch."
+            )
 
     def _captured(
         self, what: str, eager: Callable, z: torch.Tensor, indices: list[torch.Tensor]

@@ -50,6 +50,7 @@ from pplx.inference.checkpoint import (
 from pplx.inference.loop import run_steps
 from pplx.inference.potential import Potential, PotentialCache
 from pplx.inference.results import Result
+from pplx.inference.validation import ModelError
 
 # ---------------------------------------------------------------------- step-size schedules
 
@@ -191,6 +192,13 @@ class SGLD:
             model's plates stay fresh. ``None`` (default): capture where the model allows it,
             else evaluate eagerly; ``True``: the same, with a warning when the model cannot be
             captured (it reads tensor values in Python); ``False``: always eager.
+        minibatches: For models that subsample their data, which minibatches the chains see.
+            ``"per_chain"``: each chain draws its own at every step, so the chains are
+            independent and cross-chain diagnostics (R-hat, ESS) mean what they say; the model
+            is evaluated under :func:`torch.func.vmap` over chains, at the cost of one shared
+            evaluation. ``"shared"``: all chains use the step's one minibatch (their gradient
+            noise is then correlated). ``None`` (default): per chain where the model runs
+            under ``vmap`` (checked when the run starts), else shared, with a warning.
         divergence_threshold: A draw whose log density is this many nats below its chain's
             median is flagged as divergent (``sample_stats["diverging"]``), with a warning.
         checkpoint: Checkpoint file, written every ``checkpoint_every`` steps and at the end.
@@ -208,6 +216,7 @@ class SGLD:
         init: str | torch.Tensor | Mapping[str, torch.Tensor] = "prior",
         transforms: Mapping[str, Transform] | None = None,
         jit: bool | None = None,
+        minibatches: str | None = None,
         divergence_threshold: float = 1000.0,
         checkpoint: str | Path | None = None,
         checkpoint_every: int = 1000,
@@ -215,6 +224,12 @@ class SGLD:
         name: str | None = None,
     ) -> None:
         self.name = name or self.default_name
+        if minibatches not in (None, "per_chain", "shared"):
+            raise ValueError(
+                f"{self.name}: minibatches must be 'per_chain', 'shared' or None, "
+                f"got {minibatches!r}"
+            )
+        self.minibatches = minibatches
         try:
             self.schedule = _schedule(step_size)
         except ValueError as error:
@@ -230,6 +245,8 @@ class SGLD:
         self.checkpoint_every = checkpoint_every
         self.progress_bar = progress_bar
         self._potentials = PotentialCache()
+        #: per potential (by identity): whether its chains draw their own minibatches
+        self._per_chain: dict[int, tuple[Potential, bool]] = {}
 
     def potential(self, *args: Any, **kwargs: Any) -> Potential:
         """The compiled log density of the model on these arguments (cached per arguments)."""
@@ -259,7 +276,48 @@ class SGLD:
             )
         potential = self.potential(*args, **kwargs)
         position = potential.initial_points(self.init_strategy, num_chains, "positions")
+        self.per_chain_minibatches(potential, position)  # refuse before the run, not in it
         return SGMCMCState(step=0, position=position.detach().clone(), aux=self.init_aux(position))
+
+    def per_chain_minibatches(self, potential: Potential, position: torch.Tensor) -> bool:
+        """Whether the chains at ``position`` draw their own minibatches (see ``minibatches``).
+
+        Decided once per potential: never for one chain or a model without subsampling
+        plates; for ``minibatches=None`` after checking that the model runs under ``vmap``.
+
+        Raises:
+            ModelError: ``minibatches="per_chain"`` and the model cannot be evaluated so.
+        """
+        if self.minibatches == "shared" or not potential.subsamples or position.shape[0] < 2:
+            return False
+        cached = self._per_chain.get(id(potential))
+        if cached is not None and cached[0] is potential:
+            return cached[1]
+        try:
+            potential.check_per_row_minibatches(position)
+            ok = True
+        except ModelError as error:
+            if self.minibatches == "per_chain":
+                raise
+            warnings.warn(
+                f"{error} Falling back to minibatches shared by all chains.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            ok = False
+        self._per_chain[id(potential)] = (potential, ok)
+        return ok
+
+    def minibatch_indices(
+        self, potential: Potential, position: torch.Tensor
+    ) -> list[torch.Tensor] | None:
+        """This step's minibatch indices, ``(C, B)`` per plate, when the chains draw their own.
+
+        ``None`` when they share one (the potential then draws it).
+        """
+        if not self.per_chain_minibatches(potential, position):
+            return None
+        return potential.draw_minibatch(position.shape[0])
 
     def init_aux(self, position: torch.Tensor) -> dict[str, torch.Tensor]:
         """Auxiliary tensors of the method (none for SGLD)."""
@@ -274,15 +332,20 @@ class SGLD:
         return state.position + 0.5 * step_size * grad + math.sqrt(step_size) * noise
 
     def evaluate(
-        self, potential: Potential, points: torch.Tensor, step: int
+        self,
+        potential: Potential,
+        points: torch.Tensor,
+        step: int,
+        indices: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Log density and gradient at ``points`` (rows).
 
+        ``indices``: a minibatch per row (``None``: one fresh minibatch shared by all rows).
         After the first step, a model that fails to evaluate means the chains have diverged,
         and the error says so.
         """
         try:
-            return potential.value_and_grad(points)
+            return potential.value_and_grad(points, indices)
         except (ValueError, RuntimeError) as error:
             if step == 0:
                 raise
@@ -296,7 +359,9 @@ class SGLD:
         self, state: SGMCMCState, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Log density ``(C,)`` and its gradient ``(C, D)`` at the chains' positions."""
-        return self.evaluate(self.potential(*args, **kwargs), state.position, state.step)
+        potential = self.potential(*args, **kwargs)
+        indices = self.minibatch_indices(potential, state.position)
+        return self.evaluate(potential, state.position, state.step, indices)
 
     def step(self, state: SGMCMCState, *args: Any, **kwargs: Any) -> SGMCMCState:
         """One update of every chain (``state`` is updated in place and returned)."""
@@ -443,7 +508,9 @@ class SGLD:
                 "num_samples": draws,
                 "num_steps": state.step,
                 "divergences": int(diverging.sum()),
-                "shared_minibatches": potential.subsamples,
+                "shared_minibatches": potential.subsamples
+                and chains > 1
+                and not self.per_chain_minibatches(potential, positions[:, 0]),
             },
             state=state,
         )

@@ -449,8 +449,8 @@ class _Structured:
         r"""Log density at the chains' positions ``(C,)`` and the structured gradient ``(C, D)``.
 
         During the first ``plain_steps`` steps the gradient is the ordinary one (all groups at
-        their current values); afterwards it is :math:`\hat g` of the module docstring. All
-        rows share the step's minibatch.
+        their current values); afterwards it is :math:`\hat g` of the module docstring. A
+        chain's composite rows use its minibatch (see ``minibatches``).
         """
         potential = self.potential(*args, **kwargs)  # type: ignore[attr-defined]
         layout = self._layout(potential)
@@ -462,7 +462,13 @@ class _Structured:
             points = torch.cat([state.position, rows])
         else:
             points = state.position
-        log_p, grad = self.evaluate(potential, points, state.step)  # type: ignore[attr-defined]
+        indices = self.minibatch_indices(potential, state.position)  # type: ignore[attr-defined]
+        if indices is not None and structured:  # a chain's composite rows share its minibatch
+            per_chain = points.shape[0] // chains - 1
+            rows_chain = torch.arange(chains, device=points.device).repeat_interleave(per_chain)
+            chain_of_point = torch.cat([torch.arange(chains, device=points.device), rows_chain])
+            indices = [idx[chain_of_point.to(idx.device)] for idx in indices]
+        log_p, grad = self.evaluate(potential, points, state.step, indices)  # type: ignore[attr-defined]
         combined = fold(grad[chains:]) if structured else grad
         return log_p[:chains], combined
 

@@ -304,6 +304,60 @@ def test_subsampled_log_likelihood_is_scaled_to_the_full_data(jit):
     assert abs(float(draws.mean() - full)) < 4 * float(draws.std()) / math.sqrt(400)
 
 
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_per_row_minibatches_give_each_particle_its_own(jit):
+    # log p(mu) + N/B sum_{i in batch_p} log N(x_i | mu, 1) with particle p's own batch, by hand
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # captured, not a fallback
+        potential = Potential(subsampled_model, (X_DATA,), jit=jit)
+        z = t([[0.3], [-1.2], [2.0], [0.5]])
+        for _ in range(2):  # a captured graph takes new indices at every call
+            (idx,) = potential.draw_minibatch(4)
+            assert idx.shape == (4, 5)
+            mu, x = z[:, 0], X_DATA[idx]
+            expected = dist.Normal(t(0.0), 1.0).log_prob(mu) + N_DATA / 5 * dist.Normal(
+                mu[:, None], 1.0
+            ).log_prob(x).sum(-1)
+            grad = -mu + N_DATA / 5 * (x - mu[:, None]).sum(-1)
+            torch.testing.assert_close(potential.log_density(z, [idx]), expected)
+            value, g = potential.value_and_grad(z, [idx])
+            torch.testing.assert_close(value, expected)
+            torch.testing.assert_close(g[:, 0], grad)
+    assert len(potential._compiled) == (2 if jit else 0)
+    potential.check_per_row_minibatches(z)  # passes
+
+
+def test_minibatch_indices_of_the_wrong_shape_are_refused():
+    potential = Potential(subsampled_model, (X_DATA,))
+    z = torch.zeros(3, 1, dtype=D64)
+    with pytest.raises(ValueError, match=r"subsampling plates \['data'\], got 2"):
+        potential.value_and_grad(z, potential.draw_minibatch(3) * 2)
+    with pytest.raises(ValueError, match=r"plate 'data' must have shape \(3, 5\).*got \(2, 5\)"):
+        potential.value_and_grad(z, potential.draw_minibatch(2))
+    with pytest.raises(ValueError, match=r"plate 'data' must have shape \(5,\).*got \(4,\)"):
+        potential.log_density(z, [torch.arange(4)])
+
+
+@pytest.mark.parametrize(("size", "batch"), [(6, 2), (9, 2), (12, 3)])
+def test_per_row_minibatches_are_uniform_subsets(size, batch):
+    # (6, 2) takes the top-k route, the others redraw repeated indices: either way every
+    # batch-subset is equally likely (chi-square against uniform, 5 sd above its mean).
+    rows = 30_000
+    potential = Potential(subsampled_model, (X_DATA,))
+    potential.subsample_plates = {"data": (size, batch)}  # the drawing alone
+    torch.manual_seed(0)
+    (idx,) = potential.draw_minibatch(rows)
+    assert idx.shape == (rows, batch) and idx.dtype == torch.int64
+    assert ((idx >= 0) & (idx < size)).all()
+    ordered = idx.sort(-1).values
+    assert (ordered[:, 1:] != ordered[:, :-1]).all()  # no index twice in a minibatch
+    counts = torch.unique(ordered, dim=0, return_counts=True)[1].double()
+    cells = math.comb(size, batch)
+    assert len(counts) == cells
+    chi2 = float(((counts - rows / cells) ** 2 / (rows / cells)).sum())
+    assert chi2 < cells - 1 + 5 * math.sqrt(2 * (cells - 1)), chi2
+
+
 # --------------------------------------------------------------------------- initialisation
 
 
