@@ -6,7 +6,7 @@ the model for all chains. Minibatches come from the model's own
 ``pyro.plate(..., subsample_size=B)``: Pyro scales the likelihood by ``N / B``, so the gradient
 is the usual unbiased estimate
 :math:`\nabla\log\tilde p(\theta) = \nabla\log p(\theta) + \frac NB\sum_{b}\nabla\log
-p(x_b\mid\theta)` (all chains share the minibatch of a step).
+p(x_b\mid\theta)`; by default each chain draws its own minibatch (``minibatches``).
 
 Step-size convention (Welling & Teh 2011): with step size :math:`\epsilon`,
 
@@ -195,10 +195,11 @@ class SGLD:
         minibatches: For models that subsample their data, which minibatches the chains see.
             ``"per_chain"``: each chain draws its own at every step, so the chains are
             independent and cross-chain diagnostics (R-hat, ESS) mean what they say; the model
-            is evaluated under :func:`torch.func.vmap` over chains, at the cost of one shared
-            evaluation. ``"shared"``: all chains use the step's one minibatch (their gradient
-            noise is then correlated). ``None`` (default): per chain where the model runs
-            under ``vmap`` (checked when the run starts), else shared, with a warning.
+            is evaluated under :func:`torch.func.vmap` over chains in one batched evaluation
+            (that reads ``C`` times the data rows of a shared minibatch). ``"shared"``: all
+            chains use the step's one minibatch (their gradient noise is then correlated).
+            ``None`` (default): per chain where the model runs under ``vmap`` (checked when
+            the run starts), else shared, with a warning.
         divergence_threshold: A draw whose log density is this many nats below its chain's
             median is flagged as divergent (``sample_stats["diverging"]``), with a warning.
         checkpoint: Checkpoint file, written every ``checkpoint_every`` steps and at the end.
