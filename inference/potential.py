@@ -438,10 +438,9 @@ class Potential:
             raise ModelError(
                 f"{self.engine}: the model cannot be evaluated with one minibatch per chain "
                 f"({type(error).__name__}: {str(error).splitlines()[0]}); that runs it under "
-                "torch.func.vmap, which "
-                "refuses Python reads of tensor values (.item(), branches on values) and "
-                "explicit validate_args=True. Pass minibatches='shared' to let all chains "
-                "share each step's minibatch."
+                "torch.func.vmap, which refuses Python reads of tensor values (.item(), "
+                "branches on values) and explicit validate_args=True. Pass "
+                "minibatches='shared' to let all chains share each step's minibatch."
             ) from error
         with torch.no_grad(), untouched_state():
             singles = torch.cat(
