@@ -1046,6 +1046,7 @@ def test_device_smoke(cls, device):
     assert w.device.type == device and w.shape == (4, 20, DIM)
     assert torch.isfinite(w).all()
     assert result.sample_stats["lp"].device.type == device
+    assert not result.info["shared_minibatches"]  # a minibatch per chain on this device too
 
 
 def test_draws_flagged_only_at_the_start_of_a_chain_ask_for_a_longer_warmup():
