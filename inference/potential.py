@@ -331,14 +331,14 @@ class Potential:
             terms.append(log_jac)
         return functools.reduce(operator.add, terms)
 
+    def _row_log_density(self, z_row: torch.Tensor, *indices: torch.Tensor) -> torch.Tensor:
+        """Log density of one particle ``(D,)`` on minibatch ``indices`` ``(B,)``: a scalar."""
+        return self._log_density_eager(z_row.unsqueeze(0), *indices)[0]
+
     def _log_density_per_row_eager(self, z: torch.Tensor, *indices: torch.Tensor) -> torch.Tensor:
         """:meth:`_log_density_eager` with minibatch indices ``(P, B)``: row ``p`` sees its own."""
-
-        def one(z_row: torch.Tensor, *idx: torch.Tensor) -> torch.Tensor:
-            return self._log_density_eager(z_row.unsqueeze(0), *idx)[0]
-
         with _without_validation():
-            return torch.func.vmap(one)(z, *indices)
+            return torch.func.vmap(self._row_log_density)(z, *indices)
 
     def _minibatch(self, z: torch.Tensor, indices: list[torch.Tensor] | None) -> tuple:
         """``(indices, per_row)``: a fresh shared minibatch unless ``indices`` are given."""
@@ -392,12 +392,9 @@ class Potential:
         self, z: torch.Tensor, *indices: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`_value_and_grad_eager` with minibatch indices ``(P, B)``, one per row."""
-
-        def one(z_row: torch.Tensor, *idx: torch.Tensor) -> torch.Tensor:
-            return self._log_density_eager(z_row.unsqueeze(0), *idx)[0]
-
+        value_and_grad = torch.func.vmap(torch.func.grad_and_value(self._row_log_density))
         with torch.enable_grad(), _without_validation():
-            grad, log_p = torch.func.vmap(torch.func.grad_and_value(one))(z.detach(), *indices)
+            grad, log_p = value_and_grad(z.detach(), *indices)
         return log_p.detach(), grad.detach()
 
     def value_and_grad(
