@@ -98,7 +98,7 @@ def fit_svng(problem: Problem, config: FitConfig) -> Result:
 
 
 def _fit_sgmcmc(problem: Problem, config: FitConfig, sampler: SGLD) -> Result:
-    """4 chains, minibatches of 64 through the model's own plate when it offers one."""
+    """4 chains, a minibatch of 64 per chain through the model's own plate when it offers one."""
     kwargs = dict(problem.kwargs)
     if problem.subsample_kwarg is not None and problem.num_data > 64:
         kwargs[problem.subsample_kwarg] = 64
@@ -115,7 +115,7 @@ def _fit_sgmcmc(problem: Problem, config: FitConfig, sampler: SGLD) -> Result:
     )
 
 
-@register_engine("sgld", "SGLD, 4 chains, minibatches of 64, step size 2e-3")
+@register_engine("sgld", "SGLD, 4 chains, a minibatch of 64 per chain, step size 2e-3")
 def fit_sgld(problem: Problem, config: FitConfig) -> Result:
     """Stochastic gradient Langevin dynamics."""
     return _fit_sgmcmc(
@@ -123,7 +123,9 @@ def fit_sgld(problem: Problem, config: FitConfig) -> Result:
     )
 
 
-@register_engine("sghmc", "SGHMC, 4 chains, minibatches of 64, step size 2e-4, friction 0.1")
+@register_engine(
+    "sghmc", "SGHMC, 4 chains, a minibatch of 64 per chain, step size 2e-4, friction 0.1"
+)
 def fit_sghmc(problem: Problem, config: FitConfig) -> Result:
     """Stochastic gradient Hamiltonian Monte Carlo."""
     sampler = SGHMC(problem.model, 2e-4, friction=0.1, progress_bar=config.progress_bar)
