@@ -246,8 +246,8 @@ class SGLD:
         self.checkpoint_every = checkpoint_every
         self.progress_bar = progress_bar
         self._potentials = PotentialCache()
-        #: per potential (by identity): whether its chains draw their own minibatches
-        self._per_chain: dict[int, tuple[Potential, bool]] = {}
+        # (potential, whether its chains draw their own minibatches) for the last potential
+        self._per_chain: tuple[Potential, bool] | None = None
 
     def potential(self, *args: Any, **kwargs: Any) -> Potential:
         """The compiled log density of the model on these arguments (cached per arguments)."""
@@ -291,7 +291,7 @@ class SGLD:
         """
         if self.minibatches == "shared" or not potential.subsamples or position.shape[0] < 2:
             return False
-        cached = self._per_chain.get(id(potential))
+        cached = self._per_chain
         if cached is not None and cached[0] is potential:
             return cached[1]
         try:
@@ -306,7 +306,7 @@ class SGLD:
                 stacklevel=3,
             )
             ok = False
-        self._per_chain[id(potential)] = (potential, ok)
+        self._per_chain = (potential, ok)
         return ok
 
     def minibatch_indices(

@@ -321,6 +321,39 @@ def test_plain_steps_use_the_ordinary_gradient():
     torch.testing.assert_close(grad, exact)
 
 
+def test_composite_rows_use_their_chains_minibatch(monkeypatch):
+    # a subsampling model, 3 chains, 2 groups x 3 buffer samples: 3 + 18 rows per evaluation
+    y_data = torch.randn(50, dtype=D64, generator=torch.Generator().manual_seed(4))
+
+    def model(y):
+        a = pyro.sample("a", dist.Normal(torch.tensor(0.0, dtype=D64), 1.0))
+        b = pyro.sample("b", dist.Normal(torch.tensor(0.0, dtype=D64), 1.0))
+        with pyro.plate("data", len(y), subsample_size=5) as idx:
+            pyro.sample("y", dist.Normal(a + b, 1.0), obs=y[idx])
+
+    chains, samples = 3, 3
+    sampler = StructuredSGLD(model, buffer_size=4, num_buffer_samples=samples)
+    state = sampler.init(y_data, num_chains=chains)
+    state.aux["buffer"].copy_(torch.randn_like(state.aux["buffer"]))
+    state.aux["buffer_count"].fill_(4)
+    potential = sampler.potential(y_data)
+    seen = {}
+    original = potential.value_and_grad
+
+    def spy(z, indices=None):
+        seen["points"], seen["indices"] = z, indices
+        return original(z, indices)
+
+    monkeypatch.setattr(potential, "value_and_grad", spy)
+    sampler.gradient(state, y_data)
+    (idx,) = seen["indices"]
+    rows_per_chain = 2 * samples
+    assert seen["points"].shape[0] == idx.shape[0] == chains * (1 + rows_per_chain)
+    composite = idx[chains:].reshape(chains, rows_per_chain, 5)
+    assert torch.equal(composite, idx[:chains, None].expand(-1, rows_per_chain, -1))
+    assert not torch.equal(idx[0], idx[1])  # the chains' own minibatches (P(equal) ~ 5e-7)
+
+
 # --------------------------------------------------------------------------- 3. ring buffer
 
 
