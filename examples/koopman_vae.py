@@ -208,8 +208,8 @@ def main(argv=None):
     ax_long.axvline(T - 0.5, color="k", ls="--", lw=1)
     ax_long.set_ylabel("synthetic, 4T")
     ax_long.set_xlabel("t (dashed: end of the training length; then z_{t+1} = z_t A)")
-    seen = f", trained on {1 - args.missing:.0%} of the rows (dots)" if mask is not None else ""
-    fig.suptitle(f"KoVAE on {args.data}: real vs synthetic series (all {d} features){seen}")
+    partial = f", trained on {1 - args.missing:.0%} of the rows (dots)" if mask is not None else ""
+    fig.suptitle(f"KoVAE on {args.data}: real vs synthetic series (all {d} features){partial}")
     fig.tight_layout()
     fig.savefig(out / "series.png", dpi=100)
     plt.close(fig)
