@@ -332,7 +332,8 @@ def main(argv=None):
         "/ 70% missing (with --encoder cde 0.064 / 0.045 / 0.060), GRU-VAE 0.101 / 0.126 / "
         "0.120; predictive 0.094-0.101. Irregular stocks at 15000 steps (default network, 5 "
         "repeats): KoVAE 0.085 / 0.079 / 0.117 (with --encoder cde 0.156 / 0.158 at 30 / "
-        "50%), GRU-VAE 0.105 / 0.099 / 0.109; predictive 0.037-0.039."
+        "50%), GRU-VAE 0.105 / 0.099 / 0.109; predictive 0.037-0.039. Sine, default network, "
+        "full budget, --prior-lr-scale 5: 0.026 ± 0.009 / 0.094 (no gain)."
     )
     print(
         f"device={args.device}, pred_loss={args.pred_loss}, GRU layers={args.num_layers}, "
