@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 
 import pyro
+import pyro.distributions as dist
 import torch
 
 from pplx.inference.checkpoint import (
@@ -82,18 +83,15 @@ class GRUVAE(KoopmanVAE):
         super().__init__(x_dim, z_dim, hidden, beta=beta, alpha=0.0, gamma=0.0, **kwargs)
         del self.prior_rnn, self.prior_out  # unused: the prior has no parameters
 
-    def _prior_step(self, z_prev, h):
-        loc = torch.zeros_like(z_prev)
-        return loc, torch.ones_like(loc), h
-
     def conditional_prior(self, z):
         """N(0, I) at every step, whatever the path's past."""
-        return torch.zeros_like(z), torch.ones_like(z)
+        return dist.Normal(torch.zeros_like(z), torch.ones_like(z)).to_event(1)
 
-    def prior_rollout(self, n, length, like=None):
-        """Standard-normal latents ``(n, length, z_dim)``."""
+    def _rollout(self, n, length, like=None):
+        """Standard-normal latents ``(n, length, z_dim)`` and their per-step priors."""
         p = self.decoder_out.weight
-        return torch.randn(n, length, self.z_dim, dtype=p.dtype, device=p.device)
+        z = torch.randn(n, length, self.z_dim, dtype=p.dtype, device=p.device)
+        return z, self.conditional_prior(z)
 
 
 def load(name, generator):
@@ -185,6 +183,35 @@ def train(
     return net, loss, seconds
 
 
+def with_fresh_prior(net, components):
+    """``net`` with its prior network replaced by a freshly initialised one of ``components``.
+
+    Encoder (a neural CDE included), decoder, batch-norm statistics and training length are
+    kept; the new prior network is drawn from torch's global random stream.
+    """
+    fresh = KoopmanVAE(
+        net.x_dim,
+        net.z_dim,
+        net.hidden,
+        num_layers=net.decoder.num_layers,
+        bidirectional=net.encoder_out.in_features == 2 * net.hidden,
+        bidirectional_decoder=net.decoder.bidirectional,
+        encoder_batch_norm=net.encoder_norm is not None,
+        beta=net.beta,
+        alpha=net.alpha,
+        gamma=net.gamma,
+        pred_loss=net.pred_loss,
+        prior_kl=net.prior_kl,
+        prior_hidden=net.prior_hidden,
+        prior_components=components,
+    ).to(net.decoder_out.weight.device)
+    fresh.encoder = net.encoder
+    kept = {k: v for k, v in net.state_dict().items() if not k.startswith("prior_")}
+    missing = fresh.load_state_dict(kept, strict=False).missing_keys
+    assert all(k.startswith("prior_") for k in missing), missing
+    return fresh.eval()
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", choices=["sine", "stocks"], default=None)
@@ -264,7 +291,27 @@ def main(argv=None):
         default=0,
         metavar="STEPS",
         help="after training, refit KoVAE's prior network alone for STEPS steps "
-        "(KoopmanVAE.fit_prior, lr 3e-4; not in the paper); rows read 'kovae+fp'",
+        "(KoopmanVAE.fit_prior; not in the paper); rows read 'kovae+fp'",
+    )
+    parser.add_argument(
+        "--fit-prior-lr", type=float, default=3e-4, metavar="LR", help="learning rate of the refit"
+    )
+    parser.add_argument(
+        "--fresh-prior",
+        type=int,
+        default=0,
+        metavar="K",
+        help="with --fit-prior: refit a freshly initialised prior network with K mixture "
+        "components per step (1: a fresh Gaussian prior) instead of the trained one; rows "
+        "read 'kovae+newK'",
+    )
+    parser.add_argument(
+        "--prior-components",
+        type=int,
+        default=1,
+        metavar="K",
+        help="mixture components per step of KoVAE's prior network during training "
+        "(KoopmanVAE prior_components; 1: the paper's Gaussian)",
     )
     parser.add_argument(
         "--prior-lr-scale",
@@ -279,6 +326,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not args.prior_lr_scale > 0:
         parser.error(f"--prior-lr-scale must be positive, got {args.prior_lr_scale}")
+    if not args.fit_prior_lr > 0:
+        parser.error(f"--fit-prior-lr must be positive, got {args.fit_prior_lr}")
+    if args.prior_components < 1 or args.fresh_prior < 0:
+        parser.error("--prior-components must be >= 1 and --fresh-prior >= 0")
+    if args.fresh_prior and not args.fit_prior:
+        parser.error("--fresh-prior K needs --fit-prior STEPS (the fresh prior's training)")
     quick = args.quick
     datasets = args.datasets or ["sine", "stocks"]
     rates = args.rates if args.rates is not None else ([0.0, 0.5] if quick else [0, 0.3, 0.5, 0.7])
@@ -339,10 +392,12 @@ def main(argv=None):
         f"device={args.device}, pred_loss={args.pred_loss}, GRU layers={args.num_layers}, "
         f"bidirectional decoder={args.bidirectional_decoder}, "
         f"encoder batch norm={args.encoder_batch_norm}, prior_kl={args.prior_kl}, "
-        f"prior refit steps={args.fit_prior}, prior lr scale={args.prior_lr_scale:g}"
+        f"prior refit steps={args.fit_prior} (lr {args.fit_prior_lr:g}"
+        f"{f', fresh prior with {args.fresh_prior} component(s)' if args.fresh_prior else ''}), "
+        f"prior lr scale={args.prior_lr_scale:g}, prior components={args.prior_components}"
     )
     header = (
-        f"{'data':7s} {'missing':>7s} {'model':8s}{'loss/seq':>9s} {'disc':>15s} "
+        f"{'data':7s} {'missing':>7s} {'model':11s}{'loss/seq':>9s} {'disc':>15s} "
         f"{'floor':>6s} {'pred':>15s} {'paper disc':>10s} {'paper pred':>10s} {'train':>7s} "
         f"{'time':>7s}"
     )
@@ -350,6 +405,8 @@ def main(argv=None):
     print("-" * len(header))
     free_kl = args.prior_kl == "free"
     prior_lr_tag = f"-priorlr{args.prior_lr_scale:g}" if args.prior_lr_scale != 1 else ""
+    if args.prior_components > 1:
+        prior_lr_tag += f"-mix{args.prior_components}"
     start = time.perf_counter()
     for name in datasets:
         full = load(name, torch.Generator().manual_seed(0)).to(args.device)
@@ -398,7 +455,14 @@ def main(argv=None):
                             "num_layers": args.num_layers,
                             "bidirectional_decoder": args.bidirectional_decoder,
                             "encoder_batch_norm": args.encoder_batch_norm,
-                            **({"prior_kl": args.prior_kl} if model_name == "kovae" else {}),
+                            **(
+                                {
+                                    "prior_kl": args.prior_kl,
+                                    "prior_components": args.prior_components,
+                                }
+                                if model_name == "kovae"
+                                else {}
+                            ),
                         },
                         args.prior_lr_scale,
                     )
@@ -406,7 +470,15 @@ def main(argv=None):
                         t_fit = time.perf_counter()
                         pyro.set_rng_seed(seed)
                         gen = torch.Generator().manual_seed(seed)
-                        net.fit_prior(data, mask, num_steps=args.fit_prior, generator=gen)
+                        if args.fresh_prior:
+                            net = with_fresh_prior(net, args.fresh_prior)
+                        net.fit_prior(
+                            data,
+                            mask,
+                            num_steps=args.fit_prior,
+                            lr=args.fit_prior_lr,
+                            generator=gen,
+                        )
                         seconds += time.perf_counter() - t_fit
                     train_s += seconds
                     fake = net.sample(len(real), SEQ_LEN)
@@ -421,9 +493,15 @@ def main(argv=None):
                 p_vals = torch.tensor([v for s in pred for v in s.values])
                 std = lambda v: v.std().item() if len(v) > 1 else 0.0  # noqa: E731
                 paper_d, paper_p = PAPER[name] if rate == 0 and model_name == "kovae" else (0, 0)
-                label = model_name + ("+fp" if refit else "")
+                label = model_name + (
+                    f"+new{args.fresh_prior}"
+                    if refit and args.fresh_prior
+                    else "+fp"
+                    if refit
+                    else ""
+                )
                 print(
-                    f"{name:7s} {rate:7.0%} {label:8s}{sum(losses) / len(losses):9.3f} "
+                    f"{name:7s} {rate:7.0%} {label:11s}{sum(losses) / len(losses):9.3f} "
                     f"{d_vals.mean():.3f} ± {std(d_vals):.3f} {disc[0].floor:6.3f}   "
                     f"{p_vals.mean():.3f} ± {std(p_vals):.3f}   "
                     f"{(f'{paper_d:.3f}' if paper_d else 'n/a'):>10s} "

@@ -8,9 +8,10 @@ Data via Koopman VAEs" (KoVAE). For a batch of sequences :math:`x_{1:T}` (featur
   the observations (missing entries zero-filled, the observation mask as extra inputs) with a
   per-step Gaussian read-out (optionally after batch normalisation, as in the official code);
 * **model**: an autoregressive prior network :math:`p(z_t \mid z_{<t}) = N(m_t, s_t^2)`
-  (a one-layer GRU fed the previous latent; ``prior_kl="free"`` instead takes the per-step
-  Gaussians of the free rollout below, as the official code does), a decoder (GRU, linear,
-  sigmoid) and the likelihood
+  (a one-layer GRU fed the previous latent; optionally a mixture of ``prior_components``
+  diagonal Gaussians per step; ``prior_kl="free"`` instead takes the per-step distributions
+  of the free rollout below, as the official code does), a decoder (GRU, linear, sigmoid)
+  and the likelihood
   :math:`x_{t,j} \sim N(\hat x_{t,j}(z), \sigma_x^2)` over the observed entries only;
 * **Koopman prior**: the prior network, run freely, proposes latents
   :math:`\bar z_{1:T}`; a Koopman matrix is fitted by ridge least squares over the batch,
@@ -109,7 +110,9 @@ class AutoregressivePrior(TorchDistribution):
     .. math:: p(z_{1:T}) = \prod_t \mathcal N\big(z_t;\ m_t(z_{<t}),\ s_t^2(z_{<t})\big),
 
     with :math:`(m_t, s_t)` read from the GRU cell state
-    :math:`h_t = \mathrm{GRUCell}(z_{t-1}, h_{t-1})`, :math:`z_0 = 0`, :math:`h_0 = 0`.
+    :math:`h_t = \mathrm{GRUCell}(z_{t-1}, h_{t-1})`, :math:`z_0 = 0`, :math:`h_0 = 0`
+    (with ``prior_components=K`` each factor is a mixture
+    :math:`\sum_k \pi_{tk} \mathcal N(z_t;\ m_{tk}, s_{tk}^2)`, all read from :math:`h_t`).
     :meth:`log_prob` evaluates all steps of given paths in one GRU pass
     (:meth:`KoopmanVAE.conditional_prior`); :meth:`rsample` runs the network step by step
     (:meth:`KoopmanVAE.prior_rollout`). Event shape ``(T, z_dim)``.
@@ -145,8 +148,7 @@ class AutoregressivePrior(TorchDistribution):
         return z.reshape(shape + self.event_shape)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        loc, scale = self.kovae.conditional_prior(value)
-        return dist.Normal(loc, scale).log_prob(value).sum((-2, -1))
+        return self.kovae.conditional_prior(value).log_prob(value).sum(-1)
 
 
 def spectral_penalty(A: torch.Tensor, num_unit: int = 0, radius: float = 1.0) -> torch.Tensor:
@@ -247,6 +249,13 @@ class KoopmanVAE(nn.Module):
             paper). On sine a fresh prior of size 128 refitted to a trained autoencoder
             (:meth:`fit_prior`) scored no better than refitting the size-20 one (the Koopman
             guide, "Sample quality").
+        prior_components: Number :math:`K` of diagonal Gaussians mixed in each step of the
+            prior network, :math:`p(z_t \mid z_{<t}) = \sum_k \pi_{tk}\, N(m_{tk},
+            s_{tk}^2)` (default 1: the paper's Gaussian prior). A mixture lets a step's
+            marginal be skewed or multimodal. The free rollouts that enter the predictive loss
+            draw a component, then a reparameterised Gaussian: the loss's gradient reaches the
+            components' means and scales, not the mixing weights :math:`\pi`, which learn
+            from the KL term alone.
         num_layers: Layers of the encoder and decoder GRUs.
         bidirectional: Bidirectional encoder (the posterior of :math:`z_t` sees all of
             :math:`x`).
@@ -299,6 +308,7 @@ class KoopmanVAE(nn.Module):
         prior_kl: str = "conditional",
         encoder_batch_norm: bool = False,
         prior_hidden: int | None = None,
+        prior_components: int = 1,
     ) -> None:
         super().__init__()
         prior_hidden = hidden if prior_hidden is None else prior_hidden
@@ -307,6 +317,7 @@ class KoopmanVAE(nn.Module):
             ("z_dim", z_dim),
             ("hidden", hidden),
             ("prior_hidden", prior_hidden),
+            ("prior_components", prior_components),
         ):
             if int(value) != value or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -318,7 +329,7 @@ class KoopmanVAE(nn.Module):
         if int(num_unit_eigs) != num_unit_eigs or not 0 <= num_unit_eigs <= z_dim:
             raise ValueError(f"num_unit_eigs must be in [0, z_dim={z_dim}], got {num_unit_eigs}")
         self.x_dim, self.z_dim, self.hidden = x_dim, z_dim, hidden
-        self.prior_hidden = prior_hidden
+        self.prior_hidden, self.prior_components = prior_hidden, prior_components
         self.beta, self.alpha, self.gamma = beta, alpha, gamma
         if pred_loss not in ("relative", "sum"):
             raise ValueError(f'pred_loss must be "relative" or "sum", got {pred_loss!r}')
@@ -339,7 +350,10 @@ class KoopmanVAE(nn.Module):
         # freely and run over a whole path at once for the conditional prior. A GRU module
         # (not a GRUCell) keeps its weights in the one contiguous block cuDNN wants.
         self.prior_rnn = nn.GRU(z_dim, prior_hidden, batch_first=True)
-        self.prior_out = nn.Linear(prior_hidden, 2 * z_dim)
+        # Per step: the Gaussian's loc and pre-softplus scale, or, for a mixture, K logits
+        # followed by K such pairs.
+        heads = 2 * z_dim if prior_components == 1 else prior_components * (2 * z_dim + 1)
+        self.prior_out = nn.Linear(prior_hidden, heads)
         self.decoder = nn.GRU(
             z_dim, hidden, num_layers, batch_first=True, bidirectional=bidirectional_decoder
         )
@@ -406,8 +420,11 @@ class KoopmanVAE(nn.Module):
 
     def _prior_step(
         self, z_prev: torch.Tensor, h: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One step of the prior network; any leading batch shape (e.g. particles)."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step of the prior network: the head's output and the new state.
+
+        Any leading batch shape (e.g. particles); :meth:`prior_distribution` reads the head.
+        """
         batch = torch.broadcast_shapes(z_prev.shape[:-1], h.shape[:-1])
         z_prev = z_prev.expand(*batch, self.z_dim).reshape(-1, self.z_dim)
         h = h.expand(*batch, h.shape[-1]).reshape(-1, h.shape[-1])
@@ -415,20 +432,56 @@ class KoopmanVAE(nn.Module):
         h = torch.gru_cell(
             z_prev, h, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0
         ).reshape(*batch, -1)
-        loc, scale = self._gaussian(self.prior_out(h))
-        return loc, scale, h
+        return self.prior_out(h), h
 
-    def conditional_prior(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        r"""Prior means and scales :math:`m_t(z_{<t}), s_t(z_{<t})` of a path ``(..., T, k)``.
+    def _mixture_params(
+        self, head: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits ``(..., K)``, locs and scales ``(..., K, k)`` of a mixture head."""
+        K = self.prior_components
+        logits, pairs = head.split([K, head.shape[-1] - K], -1)
+        loc, scale = self._gaussian(pairs.unflatten(-1, (K, 2 * self.z_dim)))
+        return logits, loc, scale
 
-        The prior network fed the path's own past (:math:`z_0 = 0`, :math:`h_0 = 0`), all
-        steps in one GRU pass; the result equals stepping :meth:`_prior_step` along ``z``.
+    def prior_distribution(self, head: torch.Tensor) -> dist.TorchDistribution:
+        r"""The prior of :math:`z_t` given the prior network's output ``head`` ``(..., H)``.
+
+        A diagonal Gaussian :math:`N(m_t, s_t^2)`, or with ``prior_components=K`` the mixture
+        :math:`\sum_k \pi_{tk} N(m_{tk}, s_{tk}^2)`; batch shape ``head.shape[:-1]``, event
+        shape ``(z_dim,)``. Its ``mean`` is the prior mean of :math:`z_t`.
+        """
+        if self.prior_components == 1:
+            return dist.Normal(*self._gaussian(head)).to_event(1)
+        logits, loc, scale = self._mixture_params(head)
+        return dist.MixtureSameFamily(
+            dist.Categorical(logits=logits), dist.Normal(loc, scale).to_event(1)
+        )
+
+    def _draw(self, head: torch.Tensor) -> torch.Tensor:
+        """A draw of :math:`z_t` from the step's prior, reparameterised given the component."""
+        if self.prior_components == 1:
+            loc, scale = self._gaussian(head)
+        else:
+            logits, locs, scales = self._mixture_params(head)
+            pick = torch.multinomial(logits.detach().softmax(-1).reshape(-1, logits.shape[-1]), 1)
+            pick = pick.reshape(*logits.shape[:-1], 1, 1).expand(*logits.shape[:-1], 1, self.z_dim)
+            loc, scale = locs.gather(-2, pick).squeeze(-2), scales.gather(-2, pick).squeeze(-2)
+        return loc + scale * torch.randn_like(loc)
+
+    def conditional_prior(self, z: torch.Tensor) -> dist.TorchDistribution:
+        r"""The priors :math:`p(z_t \mid z_{<t})` of a path ``z`` ``(..., T, k)``, all steps.
+
+        The prior network fed the path's own past (:math:`z_0 = 0`, :math:`h_0 = 0`) in one
+        GRU pass; the result equals stepping :meth:`_prior_step` along ``z``. Returns the
+        per-step distributions (:meth:`prior_distribution`): batch shape ``z.shape[:-1]``,
+        event shape ``(k,)``; ``.mean`` and ``.stddev`` give :math:`m_t, s_t` for the
+        Gaussian prior.
         """
         flat = z.reshape(-1, *z.shape[-2:])
         shifted = torch.cat([flat.new_zeros(flat.shape[0], 1, self.z_dim), flat[:, :-1]], 1)
         h, _ = self.prior_rnn(shifted)
-        loc, scale = self._gaussian(self.prior_out(h))
-        return loc.reshape(z.shape), scale.reshape(z.shape)
+        head = self.prior_out(h)
+        return self.prior_distribution(head.reshape(*z.shape[:-1], head.shape[-1]))
 
     def encode(
         self, x: torch.Tensor, mask: torch.Tensor | None = None
@@ -446,21 +499,20 @@ class KoopmanVAE(nn.Module):
 
     def _rollout(
         self, n: int, length: int, like: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Free prior rollout: samples, and the per-step locs and scales, each ``(n, T, k)``."""
+    ) -> tuple[torch.Tensor, dist.TorchDistribution]:
+        """Free prior rollout: samples ``(n, T, k)`` and the per-step priors (batch ``(n, T)``)."""
         p = self.prior_out.weight
         dtype = like.dtype if like is not None else p.dtype
         device = like.device if like is not None else p.device
         z = torch.zeros(n, self.z_dim, dtype=dtype, device=device)
         h = torch.zeros(n, self.prior_hidden, dtype=dtype, device=device)
-        zs, locs, scales = [], [], []
+        zs, heads = [], []
         for _ in range(length):
-            loc, scale, h = self._prior_step(z, h)
-            z = loc + scale * torch.randn_like(loc)
+            head, h = self._prior_step(z, h)
+            z = self._draw(head)
             zs.append(z)
-            locs.append(loc)
-            scales.append(scale)
-        return torch.stack(zs, 1), torch.stack(locs, 1), torch.stack(scales, 1)
+            heads.append(head)
+        return torch.stack(zs, 1), self.prior_distribution(torch.stack(heads, 1))
 
     def predictive_loss(self, zbar: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
         r"""Predictive loss of the prior latents ``zbar`` ``(n, T, k)`` under :math:`A`.
@@ -490,8 +542,8 @@ class KoopmanVAE(nn.Module):
             self.train_len.fill_(T)
         zbar = None
         if self.prior_kl == "free":
-            zbar, locs, scales = self._rollout(n, T, like=filled)
-            prior = dist.Normal(locs, scales).to_event(2)
+            zbar, steps = self._rollout(n, T, like=filled)
+            prior = steps.to_event(1)
         else:
             prior = AutoregressivePrior(self, (n,), T, like=filled)
         with pyro.plate("data", n):
@@ -597,8 +649,8 @@ class KoopmanVAE(nn.Module):
         fit_len = max(prior_steps, min(train_len, length), 2)
         m = max(n, num_fit)
         if mean_latents:
-            zbar, locs, _ = self._rollout(m, fit_len)
-            z = locs[:n, :prior_steps]
+            zbar, steps = self._rollout(m, fit_len)
+            z = steps.mean[:n, :prior_steps]
         else:
             zbar = self.prior_rollout(m, fit_len)
             z = zbar[:n, :prior_steps]

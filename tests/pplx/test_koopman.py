@@ -276,7 +276,8 @@ def test_sample_mean_latents_decodes_prior_means_of_sampled_histories():
     pyro.set_rng_seed(3)
     smooth = m.sample(6, mean_latents=True)
     pyro.set_rng_seed(3)
-    z, locs, scales = m._rollout(512, 12)
+    z, steps = m._rollout(512, 12)
+    locs = steps.mean
     assert torch.allclose(smooth, m.decode(locs[:6]))
     assert not torch.allclose(z, locs)  # the decoded means differ from the samples
     pyro.set_rng_seed(3)
@@ -284,6 +285,56 @@ def test_sample_mean_latents_decodes_prior_means_of_sampled_histories():
     # the prior means still depend on the sampled history: the series differ
     assert smooth.std(0).max() > 0
     assert m.sample(3, 20, mean_latents=True).shape == (3, 20, 3)
+
+
+def mixture_head(m, weights, locs, scale=0.01):
+    """A prior head (``(n, K + K * 2k)``) whose components are N(loc_k * 1, scale^2 I)."""
+    k = m.z_dim
+    pre = math.log(math.expm1(scale - 1e-4))  # inverse of softplus(.) + 1e-4
+    pairs = [torch.cat([torch.full((k,), loc), torch.full((k,), pre)]) for loc in locs]
+    return torch.cat([torch.tensor(weights).log(), *pairs]).double()
+
+
+def test_mixture_prior_draws_components_by_weight_and_reparameterises_within():
+    m = small_model(prior_components=2).double()
+    head = mixture_head(m, [0.2, 0.8], [-5.0, 5.0]).expand(40_000, -1).clone()
+    head.requires_grad_()
+    pyro.set_rng_seed(0)
+    z = m._draw(head)
+    upper = (z[:, 0] > 0).double().mean()
+    assert abs(upper - 0.8) < 4 * math.sqrt(0.8 * 0.2 / 40_000), upper
+    assert torch.equal(z[:, 0] > 0, (z > 0).all(-1))  # one component per draw, whole vector
+    (grad,) = torch.autograd.grad(z.sum(), head)
+    assert torch.equal(grad[:, :2], torch.zeros_like(grad[:, :2]))  # no path to the weights
+    assert grad[:, 2:].abs().sum() > 0  # the chosen component's loc and scale
+    step = m.prior_distribution(head.detach()[:1])
+    torch.testing.assert_close(step.mean, torch.full((1, 4), 0.2 * -5.0 + 0.8 * 5.0, dtype=F64))
+
+
+@pytest.mark.parametrize("prior_kl", ["conditional", "free"])
+def test_mixture_prior_trains_refits_and_samples(prior_kl):
+    x = sine(16)
+    pyro.set_rng_seed(0)
+    m = small_model(prior_components=3, prior_kl=prior_kl)
+    assert m.prior_out.out_features == 3 * (2 * 4 + 1)
+    svi = SVI(m.model, m.guide, pyro.optim.Adam({"lr": 1e-2}), ELBO())
+    before = m.prior_out.weight.detach().clone()
+    losses = [svi.step(x) for _ in range(5)]
+    assert all(math.isfinite(v) for v in losses)
+    # the mixing weights learn (from the KL term), as do the components
+    assert not torch.equal(m.prior_out.weight[:3], before[:3])
+    assert not torch.equal(m.prior_out.weight[3:], before[3:])
+    assert m.fit_prior(x, num_steps=3, batch_size=8).shape == (3,)
+    m.eval()
+    assert m.sample(5).shape == (5, 12, 3)
+    assert m.sample(2, 20, mean_latents=True).shape == (2, 20, 3)
+    assert torch.isfinite(m.loss_terms(x)["kl"])
+
+
+def test_prior_components_must_be_a_positive_integer():
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match="prior_components must be a positive integer"):
+            small_model(prior_components=bad)
 
 
 def test_prior_kl_free_uses_the_free_rollout_as_prior():
@@ -307,20 +358,33 @@ def test_prior_kl_free_uses_the_free_rollout_as_prior():
 
 
 @pytest.mark.parametrize("prior_hidden", [None, 11])
-def test_autoregressive_prior_is_the_prior_network_stepped_along_the_path(prior_hidden):
-    m = small_model(prior_hidden=prior_hidden).double()
+@pytest.mark.parametrize("components", [1, 3])
+def test_autoregressive_prior_is_the_prior_network_stepped_along_the_path(
+    prior_hidden, components
+):
+    m = small_model(prior_hidden=prior_hidden, prior_components=components).double()
     assert m.prior_rnn.hidden_size == m.prior_hidden == (prior_hidden or m.hidden)
     z = torch.randn(2, 5, 12, 4, dtype=F64)  # particles, sequences, steps, latents
-    loc, scale = m.conditional_prior(z)
+    steps = m.conditional_prior(z)
+    assert steps.batch_shape == (2, 5, 12) and steps.event_shape == (4,)
     h = torch.zeros(2, 5, m.prior_hidden, dtype=F64)
     prev = torch.zeros(2, 5, 4, dtype=F64)
+    expected = torch.zeros(2, 5, dtype=F64)
     for t in range(12):
-        loc_t, scale_t, h = m._prior_step(prev, h)
-        torch.testing.assert_close(loc[..., t, :], loc_t)
-        torch.testing.assert_close(scale[..., t, :], scale_t)
+        head, h = m._prior_step(prev, h)
+        step = m.prior_distribution(head)
+        torch.testing.assert_close(steps.mean[..., t, :], step.mean)
+        torch.testing.assert_close(steps.stddev[..., t, :], step.stddev)
+        if components == 1:
+            normal = torch.distributions.Normal(step.mean, step.stddev)
+            expected += normal.log_prob(z[..., t, :]).sum(-1)
+        else:  # log sum_k pi_k N(z_t; m_k, s_k^2), written out
+            logits, loc, scale = m._mixture_params(head)
+            normal = torch.distributions.Normal(loc, scale)
+            per_k = normal.log_prob(z[..., t, None, :]).sum(-1) + logits.log_softmax(-1)
+            expected += per_k.logsumexp(-1)
         prev = z[..., t, :]
     prior = AutoregressivePrior(m, (5,), 12, like=z)
-    expected = torch.distributions.Normal(loc, scale).log_prob(z).sum((-2, -1))
     torch.testing.assert_close(prior.log_prob(z), expected)
     assert prior.expand((3, 5)).rsample((2,)).shape == (2, 3, 5, 12, 4)
     assert prior.rsample().dtype == F64
