@@ -459,13 +459,14 @@ class KoopmanVAE(nn.Module):
 
     def _draw(self, head: torch.Tensor) -> torch.Tensor:
         """A draw of :math:`z_t` from the step's prior, reparameterised given the component."""
-        if self.prior_components == 1:
-            loc, scale = self._gaussian(head)
-        else:
-            logits, locs, scales = self._mixture_params(head)
-            pick = torch.multinomial(logits.detach().softmax(-1).reshape(-1, logits.shape[-1]), 1)
-            pick = pick.reshape(*logits.shape[:-1], 1, 1).expand(*logits.shape[:-1], 1, self.z_dim)
-            loc, scale = locs.gather(-2, pick).squeeze(-2), scales.gather(-2, pick).squeeze(-2)
+        K = self.prior_components
+        if K > 1:  # pick a component, then read only its Gaussian
+            logits, pairs = head.split([K, head.shape[-1] - K], -1)
+            batch = logits.shape[:-1]
+            pick = torch.multinomial(logits.detach().softmax(-1).reshape(-1, K), 1)
+            pick = pick.reshape(*batch, 1, 1).expand(*batch, 1, 2 * self.z_dim)
+            head = pairs.unflatten(-1, (K, 2 * self.z_dim)).gather(-2, pick).squeeze(-2)
+        loc, scale = self._gaussian(head)
         return loc + scale * torch.randn_like(loc)
 
     def conditional_prior(self, z: torch.Tensor) -> dist.TorchDistribution:
