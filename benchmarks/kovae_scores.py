@@ -123,8 +123,9 @@ def train(
     With ``checkpoint`` (a path) the state is saved every ``checkpoint_every`` steps and at the
     end, and training resumes from the file if it exists. ``architecture``: keyword arguments
     of the network (``num_layers``, ``bidirectional_decoder``, ``encoder_batch_norm``,
-    ``prior_kl``). ``prior_lr_scale``: the prior network's learning rate relative to the rest
-    (two time scales: the prior tracks the moving aggregate posterior faster).
+    ``prior_kl``, ``prior_components``). ``prior_lr_scale``: the prior network's learning
+    rate relative to the rest (two time scales: the prior tracks the moving aggregate
+    posterior faster).
     """
     architecture = architecture or {}
     pyro.clear_param_store()
@@ -200,15 +201,19 @@ def with_fresh_prior(net, components):
         beta=net.beta,
         alpha=net.alpha,
         gamma=net.gamma,
+        num_unit_eigs=net.num_unit_eigs,
+        ridge=net.ridge,
+        obs_scale=net.obs_scale,
         pred_loss=net.pred_loss,
         prior_kl=net.prior_kl,
         prior_hidden=net.prior_hidden,
         prior_components=components,
-    ).to(net.decoder_out.weight.device)
+    ).to(device=net.decoder_out.weight.device, dtype=net.decoder_out.weight.dtype)
     fresh.encoder = net.encoder
     kept = {k: v for k, v in net.state_dict().items() if not k.startswith("prior_")}
-    missing = fresh.load_state_dict(kept, strict=False).missing_keys
-    assert all(k.startswith("prior_") for k in missing), missing
+    result = fresh.load_state_dict(kept, strict=False)
+    assert not result.unexpected_keys, result.unexpected_keys
+    assert all(k.startswith("prior_") for k in result.missing_keys), result.missing_keys
     return fresh.eval()
 
 
@@ -294,7 +299,11 @@ def main(argv=None):
         "(KoopmanVAE.fit_prior; not in the paper); rows read 'kovae+fp'",
     )
     parser.add_argument(
-        "--fit-prior-lr", type=float, default=3e-4, metavar="LR", help="learning rate of the refit"
+        "--fit-prior-lr",
+        type=float,
+        default=3e-4,
+        metavar="LR",
+        help="learning rate of the refit (default 3e-4)",
     )
     parser.add_argument(
         "--fresh-prior",
@@ -404,9 +413,9 @@ def main(argv=None):
     print(header)
     print("-" * len(header))
     free_kl = args.prior_kl == "free"
-    prior_lr_tag = f"-priorlr{args.prior_lr_scale:g}" if args.prior_lr_scale != 1 else ""
+    prior_tag = f"-priorlr{args.prior_lr_scale:g}" if args.prior_lr_scale != 1 else ""
     if args.prior_components > 1:
-        prior_lr_tag += f"-mix{args.prior_components}"
+        prior_tag += f"-mix{args.prior_components}"
     start = time.perf_counter()
     for name in datasets:
         full = load(name, torch.Generator().manual_seed(0)).to(args.device)
@@ -434,7 +443,7 @@ def main(argv=None):
                             f"{'-bidec' if args.bidirectional_decoder else ''}"
                             f"{'-bn' if args.encoder_batch_norm else ''}"
                             f"{'-freekl' if free_kl and model_name == 'kovae' else ''}"
-                            f"{prior_lr_tag if model_name == 'kovae' else ''}"
+                            f"{prior_tag if model_name == 'kovae' else ''}"
                             f"-steps{steps}-"
                             f"seed{seed}.pt"
                         )

@@ -115,7 +115,9 @@ class AutoregressivePrior(TorchDistribution):
     :math:`\sum_k \pi_{tk} \mathcal N(z_t;\ m_{tk}, s_{tk}^2)`, all read from :math:`h_t`).
     :meth:`log_prob` evaluates all steps of given paths in one GRU pass
     (:meth:`KoopmanVAE.conditional_prior`); :meth:`rsample` runs the network step by step
-    (:meth:`KoopmanVAE.prior_rollout`). Event shape ``(T, z_dim)``.
+    (:meth:`KoopmanVAE.prior_rollout`). Event shape ``(T, z_dim)``. For a mixture,
+    :meth:`rsample` is reparameterised given the drawn components only: gradients of its
+    samples reach the components' means and scales, not the mixing weights :math:`\pi`.
 
     Args:
         kovae: The :class:`KoopmanVAE` whose prior network this is.
@@ -148,7 +150,7 @@ class AutoregressivePrior(TorchDistribution):
         return z.reshape(shape + self.event_shape)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return self.kovae.conditional_prior(value).log_prob(value).sum(-1)
+        return self.kovae.conditional_prior(value).to_event(1).log_prob(value)
 
 
 def spectral_penalty(A: torch.Tensor, num_unit: int = 0, radius: float = 1.0) -> torch.Tensor:
@@ -280,10 +282,11 @@ class KoopmanVAE(nn.Module):
             (the statistics of the batch, padded steps included); in ``eval()`` mode the
             running statistics are used, so call ``.eval()`` before scoring held-out data.
         prior_kl: ``"conditional"`` (default): the prior of :math:`z_t` is the prior network
-            fed the guide's :math:`z_{<t}`, :math:`N(m_t(z_{<t}), s_t^2(z_{<t}))`, so the
-            objective is the ELBO of the autoregressive prior that :meth:`sample` draws from.
-            ``"free"``: as in the official code, the KL is taken against the per-step
-            Gaussians :math:`N(m_t(\bar z_{<t}), s_t^2)` of the free prior rollout
+            fed the guide's :math:`z_{<t}`, :math:`N(m_t(z_{<t}), s_t^2(z_{<t}))` (or the
+            mixture, with ``prior_components``), so the objective is the ELBO of the
+            autoregressive prior that :meth:`sample` draws from. ``"free"``: as in the
+            official code, the KL is taken against the per-step priors (Gaussians
+            :math:`N(m_t(\bar z_{<t}), s_t^2)`, or mixtures) of the free prior rollout
             :math:`\bar z` that also enters the predictive loss, independent of :math:`x`;
             the prior means then carry no information about the posterior path and the prior
             learns about white noise around a fixed mean path (rougher samples in short runs).
@@ -329,7 +332,7 @@ class KoopmanVAE(nn.Module):
         if int(num_unit_eigs) != num_unit_eigs or not 0 <= num_unit_eigs <= z_dim:
             raise ValueError(f"num_unit_eigs must be in [0, z_dim={z_dim}], got {num_unit_eigs}")
         self.x_dim, self.z_dim, self.hidden = x_dim, z_dim, hidden
-        self.prior_hidden, self.prior_components = prior_hidden, prior_components
+        self.prior_hidden, self.prior_components = prior_hidden, int(prior_components)
         self.beta, self.alpha, self.gamma = beta, alpha, gamma
         if pred_loss not in ("relative", "sum"):
             raise ValueError(f'pred_loss must be "relative" or "sum", got {pred_loss!r}')
@@ -352,7 +355,8 @@ class KoopmanVAE(nn.Module):
         self.prior_rnn = nn.GRU(z_dim, prior_hidden, batch_first=True)
         # Per step: the Gaussian's loc and pre-softplus scale, or, for a mixture, K logits
         # followed by K such pairs.
-        heads = 2 * z_dim if prior_components == 1 else prior_components * (2 * z_dim + 1)
+        K = self.prior_components
+        heads = 2 * z_dim if K == 1 else K * (2 * z_dim + 1)
         self.prior_out = nn.Linear(prior_hidden, heads)
         self.decoder = nn.GRU(
             z_dim, hidden, num_layers, batch_first=True, bidirectional=bidirectional_decoder
@@ -444,7 +448,10 @@ class KoopmanVAE(nn.Module):
         return logits, loc, scale
 
     def prior_distribution(self, head: torch.Tensor) -> dist.TorchDistribution:
-        r"""The prior of :math:`z_t` given the prior network's output ``head`` ``(..., H)``.
+        r"""The prior of :math:`z_t` given the prior network's output ``head``.
+
+        ``head`` has shape ``(..., 2 k)`` (Gaussian: locs, then scales before the softplus)
+        or ``(..., K (2 k + 1))`` (mixture: :math:`K` logits, then :math:`K` such pairs).
 
         A diagonal Gaussian :math:`N(m_t, s_t^2)`, or with ``prior_components=K`` the mixture
         :math:`\sum_k \pi_{tk} N(m_{tk}, s_{tk}^2)`; batch shape ``head.shape[:-1]``, event
@@ -463,7 +470,10 @@ class KoopmanVAE(nn.Module):
         if K > 1:  # pick a component, then read only its Gaussian
             logits, pairs = head.split([K, head.shape[-1] - K], -1)
             batch = logits.shape[:-1]
-            pick = torch.multinomial(logits.detach().softmax(-1).reshape(-1, K), 1)
+            # argmax of p_k / E_k with E_k ~ Exp(1) picks k with probability p_k (the
+            # algorithm of torch.multinomial, without its input checks' host syncs)
+            probs = logits.detach().softmax(-1)
+            pick = (probs / torch.empty_like(probs).exponential_()).argmax(-1)
             pick = pick.reshape(*batch, 1, 1).expand(*batch, 1, 2 * self.z_dim)
             head = pairs.unflatten(-1, (K, 2 * self.z_dim)).gather(-2, pick).squeeze(-2)
         loc, scale = self._gaussian(head)
@@ -507,13 +517,23 @@ class KoopmanVAE(nn.Module):
         device = like.device if like is not None else p.device
         z = torch.zeros(n, self.z_dim, dtype=dtype, device=device)
         h = torch.zeros(n, self.prior_hidden, dtype=dtype, device=device)
-        zs, heads = [], []
+        zs, heads, locs, scales = [], [], [], []
         for _ in range(length):
             head, h = self._prior_step(z, h)
-            z = self._draw(head)
+            if self.prior_components == 1:  # the softplus once, for draw and distribution
+                loc, scale = self._gaussian(head)
+                z = loc + scale * torch.randn_like(loc)
+                locs.append(loc)
+                scales.append(scale)
+            else:
+                z = self._draw(head)
+                heads.append(head)
             zs.append(z)
-            heads.append(head)
-        return torch.stack(zs, 1), self.prior_distribution(torch.stack(heads, 1))
+        if self.prior_components == 1:
+            steps = dist.Normal(torch.stack(locs, 1), torch.stack(scales, 1)).to_event(1)
+        else:
+            steps = self.prior_distribution(torch.stack(heads, 1))
+        return torch.stack(zs, 1), steps
 
     def predictive_loss(self, zbar: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
         r"""Predictive loss of the prior latents ``zbar`` ``(n, T, k)`` under :math:`A`.
@@ -535,7 +555,7 @@ class KoopmanVAE(nn.Module):
     # ------------------------------------------------------------------ Pyro programs
 
     def model(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
-        """Generative model: autoregressive Gaussian prior, GRU decoder, Koopman terms."""
+        """Generative model: autoregressive prior, GRU decoder, Koopman terms."""
         filled, mask3 = self._check(x, mask)
         pyro.module("kovae", self)
         n, T, _ = x.shape
@@ -622,12 +642,14 @@ class KoopmanVAE(nn.Module):
         :math:`A` fitted to ``max(n, num_fit)`` prior rollouts; the decoder maps the latents
         to data. ``prior_steps=1`` generates from the Koopman dynamics alone.
 
-        By default the decoder gets the sampled latents :math:`z_t \sim N(m_t, s_t^2)`, as in
+        By default the decoder gets the sampled latents :math:`z_t \sim N(m_t, s_t^2)` (or
+        the mixture, with ``prior_components``), as in
         training (where it gets posterior samples) and in the official code. The per-step
         noise :math:`s_t` passes through the decoder as step-to-step roughness, which the
         reconstructions of posterior samples show to the same degree; ``mean_latents=True``
         decodes the prior means :math:`m_t(z_{<t})` of the sampled histories instead
-        (smoother series, not samples of the model).
+        (smoother series, not samples of the model); for a mixture prior that is the
+        mixture's mean :math:`\sum_k \pi_{tk} m_{tk}`, which may lie between its modes.
 
         Args:
             n: Number of series.
@@ -657,10 +679,10 @@ class KoopmanVAE(nn.Module):
             z = zbar[:n, :prior_steps]
         if prior_steps < length:
             A = koopman_matrix(zbar, self.ridge)
-            steps = [z[:, -1]]
+            rolled = [z[:, -1]]
             for _ in range(length - prior_steps):
-                steps.append(steps[-1] @ A)
-            z = torch.cat([z, torch.stack(steps[1:], 1)], 1)
+                rolled.append(rolled[-1] @ A)
+            z = torch.cat([z, torch.stack(rolled[1:], 1)], 1)
         return self.decode(z)
 
     def fit_prior(

@@ -331,10 +331,27 @@ def test_mixture_prior_trains_refits_and_samples(prior_kl):
     assert torch.isfinite(m.loss_terms(x)["kl"])
 
 
+def test_gaussian_rollout_draws_loc_plus_scale_times_one_normal_per_step():
+    """The Gaussian prior's random stream: one ``randn_like(loc)`` per step (checkpoints and
+    seeds of earlier versions reproduce)."""
+    m = small_model().double()
+    pyro.set_rng_seed(5)
+    z, steps = m._rollout(7, 6)
+    pyro.set_rng_seed(5)
+    prev, h = torch.zeros(7, 4, dtype=F64), torch.zeros(7, m.prior_hidden, dtype=F64)
+    for t in range(6):
+        head, h = m._prior_step(prev, h)
+        loc, scale = m._gaussian(head)
+        prev = loc + scale * torch.randn_like(loc)
+        assert torch.equal(z[:, t], prev)
+        assert torch.equal(steps.mean[:, t], loc) and torch.equal(steps.stddev[:, t], scale)
+
+
 def test_prior_components_must_be_a_positive_integer():
     for bad in (0, 1.5):
         with pytest.raises(ValueError, match="prior_components must be a positive integer"):
             small_model(prior_components=bad)
+    assert small_model(prior_components=2.0).prior_out.out_features == 2 * (2 * 4 + 1)
 
 
 def test_prior_kl_free_uses_the_free_rollout_as_prior():
