@@ -395,7 +395,11 @@ def main(argv=None):
         "0.120; predictive 0.094-0.101. Irregular stocks at 15000 steps (default network, 5 "
         "repeats): KoVAE 0.085 / 0.079 / 0.117 (with --encoder cde 0.156 / 0.158 at 30 / "
         "50%), GRU-VAE 0.105 / 0.099 / 0.109; predictive 0.037-0.039. Sine, default network, "
-        "full budget, --prior-lr-scale 5: 0.026 ± 0.009 / 0.094 (no gain)."
+        "full budget, --prior-lr-scale 5: 0.026 ± 0.009 / 0.094 (no gain); "
+        "--prior-components 8: 0.014 ± 0.006 / 0.094 (Gaussian prior in the same session "
+        "0.024 ± 0.004; with --fit-prior 5000 0.013 ± 0.008); a fresh prior refitted to the "
+        "Gaussian model (--fit-prior 20000 --fit-prior-lr 1e-3 --fresh-prior K): 0.023 ± 0.013 "
+        "(K=1), 0.025 ± 0.010 (K=8)."
     )
     print(
         f"device={args.device}, pred_loss={args.pred_loss}, GRU layers={args.num_layers}, "
