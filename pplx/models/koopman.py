@@ -444,10 +444,14 @@ class KoopmanVAE(nn.Module):
         self, head: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits ``(..., K)``, locs and scales ``(..., K, k)`` of a mixture head."""
+        logits, pairs = self._split_mixture(head)
+        return (logits, *self._gaussian(pairs))
+
+    def _split_mixture(self, head: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``(..., K)`` and the raw ``(loc, pre-scale)`` pairs ``(..., K, 2 k)``."""
         K = self.prior_components
         logits, pairs = head.split([K, head.shape[-1] - K], -1)
-        loc, scale = self._gaussian(pairs.unflatten(-1, (K, 2 * self.z_dim)))
-        return logits, loc, scale
+        return logits, pairs.unflatten(-1, (K, 2 * self.z_dim))
 
     def prior_distribution(self, head: torch.Tensor) -> dist.TorchDistribution:
         r"""The prior of :math:`z_t` given the prior network's output ``head``.
@@ -466,19 +470,19 @@ class KoopmanVAE(nn.Module):
             dist.Categorical(logits=logits), dist.Normal(loc, scale).to_event(1)
         )
 
-    def _draw(self, head: torch.Tensor) -> torch.Tensor:
-        """A draw of :math:`z_t` from the step's prior, reparameterised given the component."""
-        K = self.prior_components
-        if K > 1:  # pick a component, then read only its Gaussian
-            logits, pairs = head.split([K, head.shape[-1] - K], -1)
-            batch = logits.shape[:-1]
-            # argmax of p_k / E_k with E_k ~ Exp(1) picks k with probability p_k (the
-            # algorithm of torch.multinomial, without its input checks' host syncs)
-            probs = logits.detach().softmax(-1)
-            pick = (probs / torch.empty_like(probs).exponential_()).argmax(-1)
-            pick = pick.reshape(*batch, 1, 1).expand(*batch, 1, 2 * self.z_dim)
-            head = pairs.unflatten(-1, (K, 2 * self.z_dim)).gather(-2, pick).squeeze(-2)
-        loc, scale = self._gaussian(head)
+    def _mixture_draw(self, head: torch.Tensor) -> torch.Tensor:
+        """A draw of :math:`z_t` from a mixture step, reparameterised given the component.
+
+        Only the picked component's Gaussian is read out (one softplus, not :math:`K`).
+        """
+        logits, pairs = self._split_mixture(head)
+        batch = logits.shape[:-1]
+        # argmax of p_k / E_k with E_k ~ Exp(1) picks k with probability p_k (the algorithm
+        # of torch.multinomial, without its input checks' host syncs)
+        probs = logits.detach().softmax(-1)
+        pick = (probs / torch.empty_like(probs).exponential_()).argmax(-1)
+        pick = pick.reshape(*batch, 1, 1).expand(*batch, 1, pairs.shape[-1])
+        loc, scale = self._gaussian(pairs.gather(-2, pick).squeeze(-2))
         return loc + scale * torch.randn_like(loc)
 
     def conditional_prior(self, z: torch.Tensor) -> dist.TorchDistribution:
@@ -528,7 +532,7 @@ class KoopmanVAE(nn.Module):
                 locs.append(loc)
                 scales.append(scale)
             else:
-                z = self._draw(head)
+                z = self._mixture_draw(head)
                 heads.append(head)
             zs.append(z)
         if self.prior_components == 1:

@@ -300,7 +300,7 @@ def test_mixture_prior_draws_components_by_weight_and_reparameterises_within():
     head = mixture_head(m, [0.2, 0.8], [-5.0, 5.0]).expand(40_000, -1).clone()
     head.requires_grad_()
     pyro.set_rng_seed(0)
-    z = m._draw(head)
+    z = m._mixture_draw(head)
     upper = (z[:, 0] > 0).double().mean()
     assert abs(upper - 0.8) < 4 * math.sqrt(0.8 * 0.2 / 40_000), upper
     assert torch.equal(z[:, 0] > 0, (z > 0).all(-1))  # one component per draw, whole vector
