@@ -399,7 +399,9 @@ def main(argv=None):
         "--prior-components 8: 0.014 ± 0.006 / 0.094 (Gaussian prior in the same session "
         "0.024 ± 0.004; with --fit-prior 5000 0.013 ± 0.008); a fresh prior refitted to the "
         "Gaussian model (--fit-prior 20000 --fit-prior-lr 1e-3 --fresh-prior K): 0.023 ± 0.013 "
-        "(K=1), 0.025 ± 0.010 (K=8)."
+        "(K=1), 0.025 ± 0.010 (K=8); training seed 1: --prior-components 8 0.015 ± 0.010, "
+        "Gaussian 0.025 ± 0.011. Official network with --prior-components 8: 0.014 ± 0.005 / "
+        "0.094 (with --fit-prior 5000: 0.009 ± 0.008)."
     )
     print(
         f"device={args.device}, pred_loss={args.pred_loss}, GRU layers={args.num_layers}, "
