@@ -25,6 +25,7 @@ complete real ones. Writes to ``--out``:
     python examples/koopman_vae.py                   # sine, 3000 steps, full scores
     python examples/koopman_vae.py --data stocks --steps 5000
     python examples/koopman_vae.py --steps 20000 --fit-prior 5000   # refit the prior after
+    python examples/koopman_vae.py --steps 20000 --prior-components 8   # a mixture prior
     python examples/koopman_vae.py --missing 0.5 --encoder cde      # irregular: half the rows
     python examples/koopman_vae.py --quick           # < 40 s on a CPU, one seed per score
 """
@@ -108,6 +109,15 @@ def main(argv=None):
         help="encoder of irregular data: a GRU over zero-filled values plus the mask, or "
         "the paper's neural CDE over a cubic spline of the observed points (slower)",
     )
+    parser.add_argument(
+        "--prior-components",
+        type=int,
+        default=1,
+        metavar="K",
+        help="Gaussians mixed in each step of the prior network (KoopmanVAE's "
+        "prior_components; 1: the paper's prior). 8 scored best at the official budget on "
+        "regular sine and stocks with the default network, at 1.6x the time per step",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="koopman-vae-out", help="folder for the plots")
@@ -115,6 +125,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not 0.0 <= args.missing < 1.0:
         parser.error(f"--missing must be in [0, 1), got {args.missing}")
+    if args.prior_components < 1:
+        parser.error(f"--prior-components must be >= 1, got {args.prior_components}")
     if args.encoder == "cde" and not args.missing:
         parser.error("--encoder cde is the irregular-data encoder: use it with --missing RATE")
     disc_steps, pred_steps = 2000, 5000
@@ -140,7 +152,13 @@ def main(argv=None):
     else:
         train_x, mask = data, None
     kovae = KoopmanVAE(
-        d, args.z_dim, args.hidden, beta=args.beta, alpha=args.alpha, gamma=args.gamma
+        d,
+        args.z_dim,
+        args.hidden,
+        beta=args.beta,
+        alpha=args.alpha,
+        gamma=args.gamma,
+        prior_components=args.prior_components,
     ).to(args.device)
     if args.encoder == "cde":
         kovae.encoder = CDEEncoder.for_model(kovae)

@@ -30,6 +30,7 @@ EXAMPLES = {
 # further quick runs of an example, for modes its default run does not reach
 EXTRA_RUNS = [
     ("koopman_vae.py", ["--quick", "--missing", "0.5", "--encoder", "cde", "--out", "{out}"]),
+    ("koopman_vae.py", ["--quick", "--prior-components", "3", "--out", "{out}"]),
 ]
 RUNS = [(script, args) for script, args in sorted(EXAMPLES.items())] + EXTRA_RUNS
 
