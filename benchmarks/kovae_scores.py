@@ -75,6 +75,43 @@ WEIGHTS = {"sine": (0.007, 0.005), "stocks": (0.009, 0.03)}
 #: Steps of the official code's default (600 epochs of batch 64 over the training windows).
 PAPER_STEPS = {"sine": 600 * math.ceil(10_000 / BATCH), "stocks": 600 * math.ceil(3662 / BATCH)}
 
+#: What this script measured on CPU (one thread), discriminative / predictive; the Koopman
+#: guide (docs/guides/koopman.rst, "Sample quality") tells the story behind each number.
+MEASURED = """\
+measured here (CPU, one thread; training seed 0 unless noted; details in the Koopman guide):
+  short runs, sine weights for both data sets, scored on 1000 real vs 1000 synthetic
+  sequences (floor 0.020), 5 repeats:
+    sine, 1500 steps:  KoVAE 0.073 ± 0.022 / 0.130 (--pred-loss sum: 0.490 ± 0.004 / 0.114)
+    sine, 6000 steps:  KoVAE 0.050 ± 0.013 / 0.093    GRU-VAE 0.097 ± 0.058 / 0.093
+    stocks, 6000:      KoVAE 0.042 ± 0.045 / 0.036    GRU-VAE 0.158 ± 0.019 / 0.039
+  official budget (94200 / 34800 steps), official weights and scoring (whole data set,
+  10 repeats; floor 0.006 / 0.010); predictive 0.094 (sine), 0.037-0.038 (stocks) throughout:
+                                                sine                  stocks
+    default network                             0.025 ± 0.005         0.061 ± 0.015
+      training seed 1                           0.025 ± 0.011         0.054 ± 0.031
+      --fit-prior 5000                          0.016 ± 0.009         0.045 ± 0.024
+      --prior-lr-scale 5                        0.026 ± 0.009
+      --fit-prior 20000 --fresh-prior 1 / 8     0.023 / 0.025
+      --prior-components 8                      0.014 ± 0.006         0.018 ± 0.023
+        training seed 1                         0.015 ± 0.010         0.013 ± 0.013
+        --fit-prior 5000                        0.013 ± 0.008         0.015 ± 0.007
+    official network (--num-layers 3            0.019 ± 0.008         0.017 ± 0.011
+      --bidirectional-decoder)
+      training seed 1                                                 0.018 ± 0.025
+      --fit-prior 5000                          0.010 ± 0.007         0.009 ± 0.006
+        training seed 1                                               0.032 ± 0.036
+      --encoder-batch-norm                                            0.024 ± 0.017
+        --prior-kl free                                               0.025 ± 0.013
+      --prior-components 8                      0.014 ± 0.005         0.021 ± 0.022
+        --fit-prior 5000                        0.009 ± 0.008
+    GRU-VAE, official network                   0.008 ± 0.006         0.038 ± 0.021
+  irregular, 15000 steps, default network, 5 repeats, at 30 / 50 / 70% missing:
+    sine    KoVAE 0.078 / 0.076 / 0.095, --encoder cde 0.064 / 0.045 / 0.060 (adding
+            --prior-components 8: 0.057 at 50%), GRU-VAE 0.101 / 0.126 / 0.120;
+            predictive 0.094-0.101
+    stocks  KoVAE 0.085 / 0.079 / 0.117, --encoder cde 0.156 / 0.158 (70% not run),
+            GRU-VAE 0.105 / 0.099 / 0.109; predictive 0.037-0.039"""
+
 
 class GRUVAE(KoopmanVAE):
     """Baseline: KoopmanVAE's encoder and decoder, prior N(0, I) per step, no Koopman terms."""
@@ -370,39 +407,7 @@ def main(argv=None):
         if steps < 10_000
         else "Training budget within an order of magnitude of the paper's."
     )
-    print(
-        "measured here (CPU, 1 thread, sine, regular, training seed 0, 1500 steps, default "
-        "non-quick scores): KoVAE disc 0.073 ± 0.022, pred 0.130 ± 0.013; with --pred-loss "
-        "sum (the former summed predictive loss, about 1e4 times the official code's relative "
-        "error) "
-        "disc 0.490 ± 0.004, pred 0.114 ± 0.010. At 6000 steps, regular: sine KoVAE "
-        "0.050 ± 0.013 / 0.093 (GRU-VAE 0.097 ± 0.058 / 0.093), stocks KoVAE 0.042 ± 0.045 / "
-        "0.036 (GRU-VAE 0.158 ± 0.019 / 0.039); these were scored on 1000 real vs 1000 "
-        "synthetic sequences (noise floor 0.020), 5 repeats, with the sine weights for "
-        "stocks. At the official budget (94200 / 34800 steps) with the official weights and "
-        "scoring (whole data set, 10 repeats), KoVAE: sine 0.025 ± 0.005 / 0.094 (floor "
-        "0.006), stocks 0.061 ± 0.015 / 0.037 (floor 0.010); stocks with --num-layers 3 "
-        "--bidirectional-decoder (the official network) 0.017 ± 0.011 / 0.037 (GRU-VAE, same "
-        "network: 0.038 ± 0.021 / 0.038; training seed 1: 0.018 ± 0.025 / 0.037; with "
-        "--encoder-batch-norm 0.024 ± 0.017 / 0.037, adding --prior-kl free 0.025 ± 0.013 / "
-        "0.037), sine with it 0.019 ± 0.008 / 0.094. With --fit-prior 5000 (the prior "
-        "network refitted after training): sine 0.010 ± 0.007 (official network) and "
-        "0.016 ± 0.009 (default), stocks 0.009 ± 0.006 and 0.032 ± 0.036 (official, training "
-        "seeds 0 and 1) and 0.045 ± 0.024 (default); predictive scores unchanged. GRU-VAE "
-        "with the official network on sine: 0.008 ± 0.006 / 0.094. Irregular sine "
-        "at 15000 steps (default network, 5 repeats): KoVAE 0.078 / 0.076 / 0.095 at 30 / 50 "
-        "/ 70% missing (with --encoder cde 0.064 / 0.045 / 0.060), GRU-VAE 0.101 / 0.126 / "
-        "0.120; predictive 0.094-0.101. Irregular stocks at 15000 steps (default network, 5 "
-        "repeats): KoVAE 0.085 / 0.079 / 0.117 (with --encoder cde 0.156 / 0.158 at 30 / "
-        "50%), GRU-VAE 0.105 / 0.099 / 0.109; predictive 0.037-0.039. Sine, default network, "
-        "full budget, --prior-lr-scale 5: 0.026 ± 0.009 / 0.094 (no gain); "
-        "--prior-components 8: 0.014 ± 0.006 / 0.094 (Gaussian prior in the same session "
-        "0.024 ± 0.004; with --fit-prior 5000 0.013 ± 0.008); a fresh prior refitted to the "
-        "Gaussian model (--fit-prior 20000 --fit-prior-lr 1e-3 --fresh-prior K): 0.023 ± 0.013 "
-        "(K=1), 0.025 ± 0.010 (K=8); training seed 1: --prior-components 8 0.015 ± 0.010, "
-        "Gaussian 0.025 ± 0.011. Official network with --prior-components 8: 0.014 ± 0.005 / "
-        "0.094 (with --fit-prior 5000: 0.009 ± 0.008)."
-    )
+    print(MEASURED)
     print(
         f"device={args.device}, pred_loss={args.pred_loss}, GRU layers={args.num_layers}, "
         f"bidirectional decoder={args.bidirectional_decoder}, "
