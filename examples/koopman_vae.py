@@ -125,8 +125,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not 0.0 <= args.missing < 1.0:
         parser.error(f"--missing must be in [0, 1), got {args.missing}")
-    if args.prior_components < 1:
-        parser.error(f"--prior-components must be >= 1, got {args.prior_components}")
     if args.encoder == "cde" and not args.missing:
         parser.error("--encoder cde is the irregular-data encoder: use it with --missing RATE")
     disc_steps, pred_steps = 2000, 5000
