@@ -134,18 +134,18 @@ def _underline(title: str, char: str = "=") -> str:
     return f"{title}\n{char * len(title)}\n"
 
 
-def _reexports(package: str, documented: set[str]) -> tuple[list[str], list[str]]:
-    """Split a package's ``__all__`` into links to documented homes and objects to document here.
+def _reexports(package: str, documented: set[str]) -> tuple[dict[str, str], list[str]]:
+    """Split a module's ``__all__`` into links to documented homes and objects to document here.
 
-    Returns reST lines: a bullet list of re-exported names that are documented in the module
-    that defines them, and ``auto*`` directives for names whose home is not documented (a
-    private module, or an object defined in the package itself).
+    Returns reST: bullet lines, by name, for re-exported names that are documented in the
+    module that defines them, and ``auto*`` directives for names whose home is not documented
+    (a private module, or an object defined in the package itself).
     """
     try:
         module = importlib.import_module(package)
     except Exception:  # autodoc reports the import error as a warning
-        return [], []
-    links, here = [], []
+        return {}, []
+    links, here = {}, []
     for name in getattr(module, "__all__", ()):
         if name.startswith("_"):
             continue
@@ -154,9 +154,9 @@ def _reexports(package: str, documented: set[str]) -> tuple[list[str], list[str]
             continue
         home = getattr(obj, "__module__", None)
         if inspect.ismodule(obj):
-            links.append(f"* :mod:`{obj.__name__}`")
+            links[name] = f"* :mod:`{obj.__name__}`"
         elif home and home != package and home in documented:
-            links.append(f"* :obj:`{name} <{home}.{name}>` (documented in :mod:`{home}`)")
+            links[name] = f"* :obj:`{name} <{home}.{name}>` (documented in :mod:`{home}`)"
         elif home and home != package:
             if inspect.isclass(obj):
                 directive = f".. autoclass:: {package}.{name}\n   :members:\n"
@@ -170,15 +170,20 @@ def _reexports(package: str, documented: set[str]) -> tuple[list[str], list[str]
 
 def _module_page(name: str, is_package: bool, documented: set[str]) -> str:
     lines = [_underline(f"``{name}``"), f".. automodule:: {name}", "   :members:"]
+    links, here = _reexports(name, documented)
     if is_package:
         # A package re-exports its API; document each object once, in the module defining it.
         lines.append("   :ignore-module-all:")
+    elif links:
+        # A module that also re-exports names documented elsewhere: link them, don't repeat.
+        lines.append(f"   :exclude-members: {', '.join(links)}")
+        here = []
     text = "\n".join(lines) + "\n"
-    if is_package:
-        links, here = _reexports(name, documented)
+    if is_package or links:
         if links:
             text += "\n" + _underline("Re-exported names", "-") + "\n"
-            text += f"Importable as ``from {name} import ...``:\n\n" + "\n".join(links) + "\n"
+            bullets = "\n".join(links.values())
+            text += f"Importable as ``from {name} import ...``:\n\n" + bullets + "\n"
         if here:
             text += "\n" + _underline("Defined elsewhere, exported here", "-") + "\n"
             text += "\n".join(here)

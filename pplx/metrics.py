@@ -1,4 +1,4 @@
-r"""Sample-quality metrics: energy distance, maximum mean discrepancy, kernel Stein discrepancy.
+r"""Sample-quality metrics (energy distance, MMD, kernel Stein discrepancy) and time-series scores.
 
 Two-sample metrics compare a sample ``x`` with a sample ``y``:
 
@@ -11,7 +11,17 @@ its score :math:`\nabla \log p` (no normalising constant needed):
 
 * :func:`kernel_stein_discrepancy` with the IMQ base kernel (Gorham & Mackey, 2017).
 
-Conventions shared by all functions:
+Post-hoc scores of generated time series (TimeGAN's, used by the Koopman VAE paper), defined
+in :mod:`pplx.timeseries.metrics` and importable from here too:
+
+* :func:`~pplx.timeseries.metrics.discriminative_score`: :math:`|0.5 - \text{accuracy}|` of
+  a GRU classifier told real from generated series on a held-out 20%;
+* :func:`~pplx.timeseries.metrics.predictive_score`: MAE on real series of a GRU trained on
+  generated ones to predict the next step;
+* :func:`~pplx.timeseries.metrics.discriminative_noise_floor` and the
+  :class:`~pplx.timeseries.metrics.Score` (mean and std over repeats) they return.
+
+Conventions shared by the three sample-quality metrics:
 
 * Points are rows: a tensor of shape ``(n, d)``; a tensor of shape ``(n,)`` is read as
   ``n`` points in one dimension (``d = 1``). Integer tensors are cast to the default floating
@@ -35,7 +45,22 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["energy_distance", "kernel_stein_discrepancy", "mmd"]
+from pplx.timeseries.metrics import (
+    Score,
+    discriminative_noise_floor,
+    discriminative_score,
+    predictive_score,
+)
+
+__all__ = [
+    "Score",
+    "discriminative_noise_floor",
+    "discriminative_score",
+    "energy_distance",
+    "kernel_stein_discrepancy",
+    "mmd",
+    "predictive_score",
+]
 
 #: Largest pooled sample the median heuristic of :func:`mmd` looks at; larger samples are
 #: thinned deterministically (evenly spaced rows of each sample) down to this many points.
