@@ -76,7 +76,8 @@ def koopman_matrix(z: torch.Tensor, ridge: float = 1e-4) -> torch.Tensor:
     Args:
         z: Trajectories of shape ``(n, T, k)`` (or ``(T, k)``), ``T >= 2``.
         ridge: :math:`\lambda \ge 0`; with ``0`` the :math:`n(T-1)` rows must have full column
-            rank ``k``.
+            rank ``k`` (checked while Pyro's validation is on: a rank-deficient system raises
+            :class:`ValueError` instead of returning infinities).
 
     Returns:
         The ``(k, k)`` matrix :math:`A`.
@@ -101,6 +102,14 @@ def koopman_matrix(z: torch.Tensor, ridge: float = 1e-4) -> torch.Tensor:
             f"ridge=0 needs at least k={k} transitions, got {past.shape[0]}; use ridge > 0"
         )
     q, r = torch.linalg.qr(past)
+    if ridge == 0 and is_validation_enabled():
+        diag = r.diagonal().abs()
+        tol = diag.max() * max(past.shape) * torch.finfo(r.dtype).eps
+        if bool((diag <= tol).any()):
+            raise ValueError(
+                f"ridge=0 needs latents of full column rank k={k}, but the {past.shape[0]} "
+                f"transitions span only {int((diag > tol).sum())} dimensions; use ridge > 0"
+            )
     return torch.linalg.solve_triangular(r, q.transpose(-1, -2) @ future, upper=True)
 
 
@@ -333,7 +342,11 @@ class KoopmanVAE(nn.Module):
         if not obs_scale > 0:
             raise ValueError(f"obs_scale must be positive, got {obs_scale!r}")
         if int(num_unit_eigs) != num_unit_eigs or not 0 <= num_unit_eigs <= z_dim:
-            raise ValueError(f"num_unit_eigs must be in [0, z_dim={z_dim}], got {num_unit_eigs}")
+            raise ValueError(
+                f"num_unit_eigs must be in [0, z_dim={z_dim}] (the Koopman matrix is "
+                f"{z_dim}x{z_dim}, so it has {z_dim} eigenvalues), got {num_unit_eigs!r}; "
+                "lower num_unit_eigs or raise z_dim"
+            )
         self.x_dim, self.z_dim, self.hidden = x_dim, z_dim, hidden
         self.prior_hidden, self.prior_components = prior_hidden, int(prior_components)
         self.beta, self.alpha, self.gamma = beta, alpha, gamma
@@ -783,7 +796,8 @@ class KoopmanVAE(nn.Module):
         Returns:
             A dict with ``"recon"`` (:math:`-\log p(x \mid z)`), ``"kl"`` (unscaled),
             ``"pred"`` (:meth:`predictive_loss`, unweighted) and ``"eig"``, each per
-            sequence (averaged over the batch).
+            sequence (averaged over the batch); ``"pred"`` and ``"eig"`` only when their
+            weight (``alpha``, ``gamma``) is positive, since the model skips those terms.
         """
         guide_tr = poutine.trace(self.guide).get_trace(x, mask)
         model_tr = poutine.trace(poutine.replay(self.model, trace=guide_tr)).get_trace(x, mask)
