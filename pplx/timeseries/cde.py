@@ -1,4 +1,4 @@
-r"""Natural cubic splines of irregular series and a neural CDE encoder (no torchcde needed).
+r"""Natural cubic splines of irregular series and a neural CDE encoder, in plain torch.
 
 For irregular time series, Kidger et al. (NeurIPS 2020, "Neural Controlled Differential
 Equations for Irregular Time Series") interpolate the observed points of each channel by a
@@ -11,7 +11,8 @@ differential equation
 
 with :math:`f_\theta(z) \in \mathbb R^{h \times c}`. The Koopman VAE (Naiman, Berman et al.,
 ICLR 2024) feeds the hidden path :math:`z(t_1), \dots, z(t_T)` to its per-step posterior on the
-irregular benchmarks. This module implements, in plain torch,
+irregular benchmarks. This module implements, in plain torch (no torchcde dependency; the
+tests check the splines and the solver against torchcde's),
 
 * :func:`natural_cubic_coeffs`: per-channel natural cubic splines through the observed
   (non-NaN) points of every sequence, vectorised over batch and channels (one batched
