@@ -42,9 +42,6 @@ BUNDLED_DIR = Path(__file__).resolve().parent / "_bundled"
 #: Environment variable naming a folder that holds ``stock_data.csv`` / ``energy_data.csv``.
 DATA_DIR_ENV = "PPLX_TIMESERIES_DATA"
 
-#: Folder searched last for the benchmark CSV files (the project's shared data copy).
-SHARED_DIR = Path("/work/shared/data/timeseries")
-
 
 def _generator_device(generator: torch.Generator | None) -> torch.device:
     return generator.device if generator is not None else torch.device("cpu")
@@ -94,7 +91,7 @@ def sine_data(
 
 
 def _find_csv(name: str, path: str | os.PathLike | None, bundled: bool) -> Path:
-    """Locate a benchmark CSV: ``path``, then $PPLX_TIMESERIES_DATA, bundled, shared copy."""
+    """Locate a benchmark CSV: ``path``, then $PPLX_TIMESERIES_DATA, then the bundled copy."""
     if path is not None:
         p = Path(path)
         if p.is_dir():
@@ -107,7 +104,6 @@ def _find_csv(name: str, path: str | os.PathLike | None, bundled: bool) -> Path:
         candidates.append(Path(os.environ[DATA_DIR_ENV]) / name)
     if bundled:
         candidates.append(BUNDLED_DIR / name)
-    candidates.append(SHARED_DIR / name)
     for p in candidates:
         if p.is_file():
             return p
@@ -157,7 +153,8 @@ def load_energy(
     """Load the "energy" benchmark: UCI Appliances energy prediction, shape ``(19735, 28)``.
 
     The file (4.4 MB, CC BY 4.0) is not bundled: give its path, or set
-    ``$PPLX_TIMESERIES_DATA`` to the folder holding ``energy_data.csv``.
+    ``$PPLX_TIMESERIES_DATA`` to the folder holding ``energy_data.csv`` (in this project's
+    checkout, ``../shared/data/timeseries/`` next to the repository, which the tests use).
 
     Args:
         path: A CSV file or a folder holding ``energy_data.csv``.

@@ -8,6 +8,7 @@ classifier that cannot tell them apart has binomial standard error 0.5/sqrt(240)
 
 import pytest
 import torch
+from helpers.timeseries import shared_timeseries_dir
 
 from pplx.timeseries import (
     Score,
@@ -22,7 +23,7 @@ from pplx.timeseries import (
     sine_data,
     sliding_windows,
 )
-from pplx.timeseries.data import BUNDLED_DIR, SHARED_DIR
+from pplx.timeseries.data import BUNDLED_DIR
 
 
 def gen(seed=0):
@@ -56,16 +57,21 @@ def test_load_stocks_bundled():
     assert torch.equal(load_stocks(BUNDLED_DIR), x)  # a folder works too
 
 
-@pytest.mark.skipif(not (SHARED_DIR / "energy_data.csv").is_file(), reason="no energy data")
-def test_load_energy_from_path():
-    x = load_energy(SHARED_DIR / "energy_data.csv", dtype=torch.float64)
+ENERGY = shared_timeseries_dir() / "energy_data.csv"
+
+
+@pytest.mark.skipif(not ENERGY.is_file(), reason=f"no energy data at {ENERGY}")
+def test_load_energy_from_path_folder_and_environment(monkeypatch):
+    x = load_energy(ENERGY, dtype=torch.float64)
     assert x.shape == (19735, 28) and x.dtype == torch.float64 and torch.isfinite(x).all()
+    assert torch.equal(load_energy(ENERGY.parent, dtype=torch.float64), x)
+    monkeypatch.setenv("PPLX_TIMESERIES_DATA", str(ENERGY.parent))
+    assert torch.equal(load_energy(dtype=torch.float64), x)
 
 
 def test_load_errors_name_path(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="path="):
         load_energy(tmp_path / "nope.csv")
-    monkeypatch.setattr("pplx.timeseries.data.SHARED_DIR", tmp_path)
     monkeypatch.delenv("PPLX_TIMESERIES_DATA", raising=False)
     with pytest.raises(FileNotFoundError, match="PPLX_TIMESERIES_DATA"):
         load_energy()
