@@ -32,6 +32,8 @@ EXTRA_RUNS = [
     ("koopman_vae.py", ["--quick", "--missing", "0.5", "--encoder", "cde", "--out", "{out}"]),
     ("koopman_vae.py", ["--quick", "--prior-components", "3", "--out", "{out}"]),
 ]
+# figures an example must write into --out
+FIGURES = {"koopman_vae.py": ("series.png", "projection.png", "eigenvalues.png")}
 RUNS = [(script, args) for script, args in sorted(EXAMPLES.items())] + EXTRA_RUNS
 
 
@@ -60,3 +62,5 @@ def test_example_runs(script, args, tmp_path):
         timeout=600,
     )
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    for name in FIGURES.get(script, ()):
+        assert (tmp_path / "out" / name).is_file(), f"{script} did not write {name}"

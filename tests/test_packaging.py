@@ -59,6 +59,11 @@ def test_wheel_contents(wheel):
     sources = {p.relative_to(ROOT).as_posix() for p in (ROOT / "inference").rglob("*.py")}
     expected = {"pplx/inference/" + s[len("inference/") :] for s in sources}
     expected |= {p.relative_to(ROOT).as_posix() for p in (ROOT / "pplx").rglob("*.py")}
+    # package data: the type marker and the bundled stocks benchmark with its README
+    bundled = ROOT / "pplx" / "timeseries" / "_bundled"
+    data = [p for p in bundled.iterdir() if p.suffix in (".csv", ".md")]
+    expected |= {"pplx/py.typed"} | {p.relative_to(ROOT).as_posix() for p in data}
+    assert "pplx/timeseries/_bundled/stock_data.csv" in expected
     assert expected <= names, f"missing from the wheel: {sorted(expected - names)}"
     assert not any(n.startswith(("inference/", "tests/", "examples/")) for n in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
@@ -77,6 +82,7 @@ def test_wheel_imports_outside_the_repository(wheel, tmp_path):
         "import sys; sys.meta_path[:] = [f for f in sys.meta_path "
         "if 'editable' not in getattr(f, '__module__', '')]; "
         "import pplx, pplx.inference; from pplx.inference import SVI, Result; "
+        "from pplx.timeseries import load_stocks; assert load_stocks().shape == (3685, 6); "
         "print(pplx.__file__); print(pplx.inference.__file__)"
     )
     out = _run([sys.executable, "-c", code], cwd=tmp_path, env=env)
