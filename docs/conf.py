@@ -134,6 +134,14 @@ def _underline(title: str, char: str = "=") -> str:
     return f"{title}\n{char * len(title)}\n"
 
 
+def _defined_as(home: str, name: str, obj: object) -> bool:
+    """Whether module ``home`` holds ``obj`` under ``name`` (a re-export, not an alias)."""
+    try:
+        return getattr(importlib.import_module(home), name, None) is obj
+    except Exception:
+        return False
+
+
 def _reexports(package: str, documented: set[str]) -> tuple[dict[str, str], list[str]]:
     """Split a module's ``__all__`` into links to documented homes and objects to document here.
 
@@ -155,6 +163,8 @@ def _reexports(package: str, documented: set[str]) -> tuple[dict[str, str], list
         home = getattr(obj, "__module__", None)
         if inspect.ismodule(obj):
             links[name] = f"* :mod:`{obj.__name__}`"
+        elif home and home != package and not _defined_as(home, name, obj):
+            continue  # an instance of a class from elsewhere, or an alias: autodoc's job
         elif home and home != package and home in documented:
             links[name] = f"* :obj:`{name} <{home}.{name}>` (documented in :mod:`{home}`)"
         elif home and home != package:

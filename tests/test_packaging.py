@@ -78,11 +78,13 @@ def test_wheel_imports_outside_the_repository(wheel, tmp_path):
     )
     # Put the wheel's files first; drop the editable install's finder so it cannot help.
     env = dict(os.environ, PYTHONPATH=str(target), PYTHONNOUSERSITE="1")
+    env.pop("PPLX_TIMESERIES_DATA", None)  # the stocks data must come from the wheel
     code = (
         "import sys; sys.meta_path[:] = [f for f in sys.meta_path "
         "if 'editable' not in getattr(f, '__module__', '')]; "
         "import pplx, pplx.inference; from pplx.inference import SVI, Result; "
         "from pplx.timeseries import load_stocks; assert load_stocks().shape == (3685, 6); "
+        "from pplx.timeseries.data import BUNDLED_DIR; print(BUNDLED_DIR); "
         "print(pplx.__file__); print(pplx.inference.__file__)"
     )
     out = _run([sys.executable, "-c", code], cwd=tmp_path, env=env)

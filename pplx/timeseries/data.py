@@ -153,8 +153,7 @@ def load_energy(
     """Load the "energy" benchmark: UCI Appliances energy prediction, shape ``(19735, 28)``.
 
     The file (4.4 MB, CC BY 4.0) is not bundled: give its path, or set
-    ``$PPLX_TIMESERIES_DATA`` to the folder holding ``energy_data.csv`` (in this project's
-    checkout, ``../shared/data/timeseries/`` next to the repository, which the tests use).
+    ``$PPLX_TIMESERIES_DATA`` to the folder holding ``energy_data.csv``.
 
     Args:
         path: A CSV file or a folder holding ``energy_data.csv``.
