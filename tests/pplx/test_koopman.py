@@ -149,6 +149,43 @@ def test_svi_training_on_sine_lowers_loss(objective):
     assert int(m.train_len) == 12
 
 
+def test_pplx_svi_checkpoint_resume_continues_the_module_bitwise(tmp_path):
+    """pplx's SVI engine: a fit stopped at a checkpoint and resumed into an untrained module
+    ends where one uninterrupted fit ends."""
+    from pplx.inference import SVI as Engine
+
+    x = sine(128)
+    batches = [(b,) for b in x.split(32)]
+    init = small_model()
+    state = {k: v.clone() for k, v in init.state_dict().items()}
+
+    def fit(num_steps, checkpoint=None, resume=False):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        m = small_model()
+        m.load_state_dict(state)
+        svi = Engine(
+            m.model,
+            m.guide,
+            loss=ELBO(),
+            optim_args={"lr": 2e-2},
+            progress_bar=False,
+            checkpoint=checkpoint,
+            checkpoint_every=10,
+        )
+        result = svi.run(num_steps=num_steps, batches=batches, num_samples=1, resume=resume)
+        return m, result
+
+    whole, whole_result = fit(40)
+    fit(20, checkpoint=tmp_path / "kovae.pt")
+    resumed, resumed_result = fit(40, checkpoint=tmp_path / "kovae.pt", resume=True)
+    assert not torch.equal(whole.prior_out.weight, state["prior_out.weight"])
+    for (name, p), q in zip(whole.named_parameters(), resumed.parameters()):
+        assert torch.equal(p, q), name
+    assert torch.equal(whole_result.trace["loss"], resumed_result.trace["loss"])
+    assert int(resumed.train_len) == 12
+
+
 def test_loss_weights_enter_as_documented():
     x = sine(8)
     m = small_model(beta=0.25, alpha=0.5, gamma=2.0, num_unit_eigs=1)
