@@ -112,8 +112,9 @@ measured here (CPU, one thread; training seed 0 unless noted; details in the Koo
     stocks  KoVAE 0.085 / 0.079 / 0.117, --encoder cde 0.156 / 0.158 (70% not run),
             GRU-VAE 0.105 / 0.099 / 0.109; predictive 0.037-0.039
   irregular, official budget, default network, 5 repeats, 50% missing:
-    sine    --encoder cde: KoVAE 0.022 ± 0.012, with --prior-components 8 0.016 ± 0.009;
-            GRU-VAE (GRU encoder) 0.038 ± 0.046; predictive 0.094
+    sine    --encoder cde: KoVAE 0.022 ± 0.012, with --prior-components 8 0.016 ± 0.009
+            (30% missing 0.024 ± 0.011, 70% 0.015 ± 0.010); GRU-VAE (GRU encoder)
+            0.038 ± 0.046; predictive 0.094
     stocks  KoVAE 0.047 ± 0.027, with --prior-components 8 0.015 ± 0.010 (30% missing
             0.012 ± 0.010, 70% 0.022 ± 0.010); GRU-VAE 0.064 ± 0.033; predictive 0.037-0.038"""
 
