@@ -184,19 +184,18 @@ def _module_page(name: str, is_package: bool, documented: set[str]) -> str:
     if is_package:
         # A package re-exports its API; document each object once, in the module defining it.
         lines.append("   :ignore-module-all:")
-    elif links:
-        # A module that also re-exports names documented elsewhere: link them, don't repeat.
-        lines.append(f"   :exclude-members: {', '.join(links)}")
-        here = []
+    else:
+        here = []  # automodule documents a module's own __all__
+        if links:  # names it re-exports from documented modules: link them, don't repeat
+            lines.append(f"   :exclude-members: {', '.join(links)}")
     text = "\n".join(lines) + "\n"
-    if is_package or links:
-        if links:
-            text += "\n" + _underline("Re-exported names", "-") + "\n"
-            bullets = "\n".join(links.values())
-            text += f"Importable as ``from {name} import ...``:\n\n" + bullets + "\n"
-        if here:
-            text += "\n" + _underline("Defined elsewhere, exported here", "-") + "\n"
-            text += "\n".join(here)
+    if links:
+        text += "\n" + _underline("Re-exported names", "-") + "\n"
+        bullets = "\n".join(links.values())
+        text += f"Importable as ``from {name} import ...``:\n\n" + bullets + "\n"
+    if here:
+        text += "\n" + _underline("Defined elsewhere, exported here", "-") + "\n"
+        text += "\n".join(here)
     return text
 
 
