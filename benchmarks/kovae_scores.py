@@ -114,7 +114,7 @@ measured here (CPU, one thread; training seed 0 unless noted; details in the Koo
   irregular, official budget, default network, 5 repeats, 50% missing:
     sine    --encoder cde: KoVAE 0.022 ± 0.012, with --prior-components 8 0.016 ± 0.009
             (30% missing 0.024 ± 0.011, 70% 0.015 ± 0.010); GRU-VAE (GRU encoder)
-            0.038 ± 0.046; predictive 0.094
+            0.038 ± 0.046 (30% 0.030 ± 0.031, 70% 0.029 ± 0.031); predictive 0.094
     stocks  KoVAE 0.047 ± 0.027, with --prior-components 8 0.015 ± 0.010 (30% missing
             0.012 ± 0.010, 70% 0.022 ± 0.010); GRU-VAE 0.064 ± 0.033; predictive 0.037-0.038"""
 
