@@ -72,7 +72,8 @@ class Objective(pyro.infer.ELBO):
                 with :func:`pplx.capture.capture` and replays them under autograd, so the
                 backward pass is PyTorch's own; parameters are held by reference (a cleared
                 or reloaded parameter store triggers a new capture). ``"jit"`` traces with
-                ``torch.jit.trace`` through ``pyro.ops.jit``, as Pyro's ``JitTrace_ELBO``.
+                ``torch.jit.trace`` through ``pyro.ops.jit``, as Pyro's ``JitTrace_ELBO``;
+                PyTorch 2.13 deprecates ``torch.jit.trace`` and warns on each trace.
             ignore_warnings: ``"jit"`` only: silence the tracer's warnings.
             jit_options: ``"jit"`` only: options for ``torch.jit.trace``.
         """

@@ -129,6 +129,9 @@ def test_compiled_objective_rejects_tensor_keyword_arguments():
         objective.differentiable_loss(kw_model, kw_guide, x=X)
 
 
+# backend="jit" is the user's explicit choice of torch.jit.trace, so its deprecation warning
+# (PyTorch 2.13) is left to the user; the test does not need to see it.
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated:DeprecationWarning")
 def test_jit_backend_and_bad_backend():
     objective = po.ELBO(num_particles=4).compile(backend="jit")
     assert torch.isfinite(objective.differentiable_loss(model, guide, X))
