@@ -111,12 +111,16 @@ measured here (CPU, one thread; training seed 0 unless noted; details in the Koo
             predictive 0.094-0.101
     stocks  KoVAE 0.085 / 0.079 / 0.117, --encoder cde 0.156 / 0.158 (70% not run),
             GRU-VAE 0.105 / 0.099 / 0.109; predictive 0.037-0.039
-  irregular, official budget, default network, 5 repeats, 50% missing:
-    sine    --encoder cde: KoVAE 0.022 ± 0.012, with --prior-components 8 0.016 ± 0.009
-            (30% missing 0.024 ± 0.011, 70% 0.015 ± 0.010); GRU-VAE (GRU encoder)
-            0.038 ± 0.046 (30% 0.030 ± 0.031, 70% 0.029 ± 0.031); predictive 0.094
-    stocks  KoVAE 0.047 ± 0.027, with --prior-components 8 0.015 ± 0.010 (30% missing
-            0.012 ± 0.010, 70% 0.022 ± 0.010); GRU-VAE 0.064 ± 0.033; predictive 0.037-0.038"""
+  irregular, official budget, default network, 5 repeats, 30 / 50 / 70% missing (training
+  seed 0 unless noted; predictive 0.094 on sine, 0.037-0.038 on stocks):
+    sine    --encoder cde --prior-components 8   0.024 ± 0.011 / 0.016 ± 0.009 / 0.015 ± 0.010
+              training seed 1                    0.020 ± 0.016 / not run       / not run
+            --encoder cde (Gaussian prior)       not run       / 0.022 ± 0.012 / not run
+            GRU-VAE (GRU encoder)                0.030 ± 0.031 / 0.038 ± 0.046 / 0.029 ± 0.031
+    stocks  --prior-components 8                 0.012 ± 0.010 / 0.015 ± 0.010 / 0.022 ± 0.010
+              training seed 1                    not run       / 0.009 ± 0.006 / not run
+            KoVAE (Gaussian prior)               0.048 ± 0.027 / 0.047 ± 0.027 / 0.076 ± 0.059
+            GRU-VAE                              0.058 ± 0.036 / 0.064 ± 0.033 / 0.095 ± 0.032"""
 
 
 class GRUVAE(KoopmanVAE):
