@@ -118,7 +118,7 @@ measured here (CPU, one thread; training seed 0 unless noted; details in the Koo
             --encoder cde (Gaussian prior)       not run       / 0.022 ± 0.012 / not run
             GRU-VAE (GRU encoder)                0.030 ± 0.031 / 0.038 ± 0.046 / 0.029 ± 0.031
     stocks  --prior-components 8                 0.012 ± 0.010 / 0.015 ± 0.010 / 0.022 ± 0.010
-              training seed 1                    not run       / 0.009 ± 0.006 / not run
+              training seed 1                    not run       / 0.009 ± 0.006 / 0.005 ± 0.005
             KoVAE (Gaussian prior)               0.048 ± 0.027 / 0.047 ± 0.027 / 0.076 ± 0.059
             GRU-VAE                              0.058 ± 0.036 / 0.064 ± 0.033 / 0.095 ± 0.032"""
 
