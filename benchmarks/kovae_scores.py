@@ -127,7 +127,7 @@ measured here (CPU, one thread; training seed 0 unless noted; details in the Koo
   seed 0 unless noted; predictive 0.094 on sine, 0.037-0.038 on stocks):
     sine    --encoder cde --prior-components 8   0.024 ± 0.011 / 0.016 ± 0.009 / 0.015 ± 0.010
               training seed 1                    0.020 ± 0.016 / not run       / not run
-            --encoder cde (Gaussian prior)       0.019 ± 0.006 / 0.022 ± 0.012 / not run
+            --encoder cde (Gaussian prior)       0.019 ± 0.006 / 0.022 ± 0.012 / 0.025 ± 0.014
             GRU-VAE (GRU encoder)                0.030 ± 0.031 / 0.038 ± 0.046 / 0.029 ± 0.031
     stocks  --prior-components 8                 0.012 ± 0.010 / 0.015 ± 0.010 / 0.022 ± 0.010
               training seed 1                    not run       / 0.009 ± 0.006 / 0.005 ± 0.005
