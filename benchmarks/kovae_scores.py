@@ -167,9 +167,9 @@ def load(name, generator, data_dir=None):
         return sine_data(10_000, seq_len=SEQ_LEN, dim=5, generator=generator)
     if name == "stocks":
         raw = load_stocks()
-    elif data_dir is None and not os.environ.get(DATA_DIR_ENV) and SHARED_DATA.is_dir():
-        raw = load_energy(SHARED_DATA)
     else:
+        if data_dir is None and not os.environ.get(DATA_DIR_ENV):
+            data_dir = SHARED_DATA
         raw = load_energy(data_dir)
     scaled, _ = minmax_scale(raw)
     return sliding_windows(scaled, SEQ_LEN, shuffle=True, generator=generator)
@@ -437,11 +437,10 @@ def main(argv=None):
         parser.error("--fresh-prior K needs --fit-prior STEPS (the fresh prior's training)")
     quick = args.quick
     datasets = args.datasets or ["sine", "stocks"]
-    if "energy" in datasets:  # fail now, not after the sine / stocks runs
-        try:
-            load("energy", torch.Generator().manual_seed(0), args.data_dir)
-        except FileNotFoundError as err:
-            parser.error(f"--datasets energy: {err}")
+    try:  # every data set before any training: a missing file fails now, not after an hour
+        loaded = {n: load(n, torch.Generator().manual_seed(0), args.data_dir) for n in datasets}
+    except FileNotFoundError as err:
+        parser.error(f"--datasets: {err}")
     rates = args.rates if args.rates is not None else ([0.0, 0.5] if quick else [0, 0.3, 0.5, 0.7])
     models = args.models or ["kovae", "gruvae"]
     steps = args.steps or (40 if quick else 3000)
@@ -493,7 +492,7 @@ def main(argv=None):
         prior_tag += f"-mix{args.prior_components}"
     start = time.perf_counter()
     for name in datasets:
-        full = load(name, torch.Generator().manual_seed(0), args.data_dir).to(args.device)
+        full = loaded.pop(name).to(args.device)
         real = full[:num_eval]
         beta, alpha = WEIGHTS[name]
         beta = beta if args.beta is None else args.beta
