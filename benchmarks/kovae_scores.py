@@ -190,6 +190,7 @@ def train(
     checkpoint_every=5000,
     architecture=None,
     prior_lr_scale=1.0,
+    analytic_kl=False,
 ):
     """Train one model: ``(net, last loss per sequence, seconds of training)``.
 
@@ -198,7 +199,7 @@ def train(
     of the network (``num_layers``, ``bidirectional_decoder``, ``encoder_batch_norm``,
     ``prior_kl``, ``prior_components``). ``prior_lr_scale``: the prior network's learning
     rate relative to the rest (two time scales: the prior tracks the moving aggregate
-    posterior faster).
+    posterior faster). ``analytic_kl``: train with ``ELBO(analytic_kl=True)``.
     """
     architecture = architecture or {}
     pyro.clear_param_store()
@@ -215,7 +216,7 @@ def train(
     optim = pyro.optim.Adam(
         lambda name: {"lr": LR * (prior_lr_scale if ".prior_" in name else 1.0)}
     )
-    svi = pyro.infer.SVI(net.model, net.guide, optim, ELBO())
+    svi = pyro.infer.SVI(net.model, net.guide, optim, ELBO(analytic_kl=analytic_kl))
     gen = torch.Generator().manual_seed(seed)
     done, loss, seconds = 0, float("nan"), 0.0
     if checkpoint is not None and checkpoint.exists():
@@ -377,6 +378,14 @@ def main(argv=None):
         "official code)",
     )
     parser.add_argument(
+        "--kl",
+        choices=["mc", "analytic"],
+        default="mc",
+        help='KL term of the ELBO: "mc" (log q(z) - log p(z) at the sampled z) or "analytic" '
+        "(closed-form per-step KLs at the sampled history, as the official code computes it; "
+        "ELBO(analytic_kl=True); mixture priors stay Monte Carlo)",
+    )
+    parser.add_argument(
         "--fit-prior",
         type=int,
         default=0,
@@ -477,7 +486,7 @@ def main(argv=None):
         f"prior refit steps={args.fit_prior} (lr {args.fit_prior_lr:g}"
         f"{f', fresh prior with {args.fresh_prior} component(s)' if args.fresh_prior else ''}), "
         f"prior lr scale={args.prior_lr_scale:g}, prior components={args.prior_components}, "
-        f"predictive target={args.predictive_target or 'last'}"
+        f"predictive target={args.predictive_target or 'last'}, KL={args.kl}"
     )
     header = (
         f"{'data':7s} {'missing':>7s} {'model':11s}{'loss/seq':>9s} {'disc':>15s} "
@@ -490,6 +499,7 @@ def main(argv=None):
     prior_tag = f"-priorlr{args.prior_lr_scale:g}" if args.prior_lr_scale != 1 else ""
     if args.prior_components > 1:
         prior_tag += f"-mix{args.prior_components}"
+    kl_tag = "-akl" if args.kl == "analytic" else ""
     start = time.perf_counter()
     for name in datasets:
         full = loaded.pop(name).to(args.device)
@@ -517,7 +527,7 @@ def main(argv=None):
                             f"{'-bidec' if args.bidirectional_decoder else ''}"
                             f"{'-bn' if args.encoder_batch_norm else ''}"
                             f"{'-freekl' if free_kl and model_name == 'kovae' else ''}"
-                            f"{prior_tag if model_name == 'kovae' else ''}"
+                            f"{prior_tag if model_name == 'kovae' else ''}{kl_tag}"
                             f"-steps{steps}-"
                             f"seed{seed}.pt"
                         )
@@ -548,6 +558,7 @@ def main(argv=None):
                             ),
                         },
                         args.prior_lr_scale,
+                        args.kl == "analytic",
                     )
                     if refit:
                         t_fit = time.perf_counter()

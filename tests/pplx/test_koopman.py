@@ -19,6 +19,7 @@ from pplx.models.koopman import (
     stability_penalty,
 )
 from pplx.objectives import ELBO, IWAE
+from pplx.objectives.kl import kl_at
 from pplx.timeseries import (
     discriminative_score,
     drop_time_rows,
@@ -133,7 +134,9 @@ def heldout_loss(m, x, mask=None, seed=123, particles=8):
 
 
 @pytest.mark.parametrize(
-    "objective", [Trace_ELBO, ELBO, lambda: ELBO().compile()], ids=["pyro", "pplx", "compiled"]
+    "objective",
+    [Trace_ELBO, ELBO, lambda: ELBO().compile(), lambda: ELBO(analytic_kl=True)],
+    ids=["pyro", "pplx", "compiled", "analytic-kl"],
 )
 def test_svi_training_on_sine_lowers_loss(objective):
     x = sine(32)
@@ -487,6 +490,51 @@ def test_vectorized_particles_reach_the_latent_path_site():
     loss = IWAE(num_particles=3).differentiable_loss(m.model, m.guide, x)
     loss.backward()
     assert torch.isfinite(loss) and m.prior_rnn.weight_ih_l0.grad.abs().sum() > 0
+
+
+def test_closed_form_kl_of_the_autoregressive_prior_is_unbiased():
+    """The per-step KLs at the sampled history average to E_q[log q(z) - log p(z)]."""
+    x = sine(2, T=6)
+    m = small_model().double()
+    pyro.set_rng_seed(0)
+    with torch.no_grad():
+        loc, scale = m.encode(x.double())
+        q = torch.distributions.Independent(torch.distributions.Normal(loc, scale), 2)
+        z = q.sample((20_000,))
+        p = AutoregressivePrior(m, (20_000, 2), 6)
+        closed = kl_at(q.expand((20_000, 2)), p, z)
+        diff = closed - (q.log_prob(z) - p.log_prob(z))  # paired: mean 0
+    assert closed.shape == (20_000, 2)
+    se = diff.std(0) / math.sqrt(len(diff))
+    assert (diff.mean(0).abs() < 4 * se).all(), (diff.mean(0), se)
+    assert (closed.var(0) < (q.log_prob(z) - p.log_prob(z)).var(0)).all()
+
+
+@pytest.mark.parametrize("prior_kl", ["conditional", "free"])
+def test_analytic_kl_elbo_matches_the_monte_carlo_elbo(prior_kl):
+    x = sine(8, T=6)
+    m = small_model(prior_kl=prior_kl, beta=1.0, alpha=0.0)
+
+    def mean_and_se(objective, n=400):
+        pyro.set_rng_seed(1)
+        with torch.no_grad():
+            v = torch.tensor([objective.loss(m.model, m.guide, x) for _ in range(n)])
+        return v.mean(), v.std() / math.sqrt(n)
+
+    mc, mc_se = mean_and_se(ELBO())
+    ak, ak_se = mean_and_se(ELBO(analytic_kl=True))
+    assert abs(mc - ak) < 4 * math.hypot(mc_se, ak_se), (mc, ak, mc_se, ak_se)
+    assert ak_se < mc_se
+
+
+def test_mixture_priors_keep_the_monte_carlo_kl():
+    x = sine(4, T=6)
+    m = small_model(prior_components=3)
+    losses = []
+    for objective in (ELBO(), ELBO(analytic_kl=True)):
+        pyro.set_rng_seed(0)
+        losses.append(objective.loss(m.model, m.guide, x))
+    assert losses[0] == losses[1]
 
 
 def test_model_follows_input_dtype():

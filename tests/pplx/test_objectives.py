@@ -243,6 +243,7 @@ NORMAL_OBJECTIVES = {
     "renyi": ("renyi", lambda: Renyi(alpha=0.5, num_particles=K_N)),
     "cubo": ("cubo", lambda: CUBO(n=2, num_particles=K_N)),
     "iwae-stl-1": ("iwae", lambda: IWAE(num_particles=1, stl=True)),
+    "elbo-analytic-kl": ("elbo", lambda: ELBO(num_particles=K_N, analytic_kl=True)),
 }
 
 
@@ -294,6 +295,61 @@ def test_iwae_stl_with_several_particles_raises():
     """
     with pytest.raises(ValueError, match=r"stl=True.*dreg=True"):
         IWAE(num_particles=K_N, stl=True)
+
+
+# ------------------------------------------------------------------ closed-form KL
+# ELBO(analytic_kl=True) is checked unbiased above ("elbo-analytic-kl"); here: that it is the
+# closed form where it applies, lowers the variance, and falls back or fails clearly.
+
+
+def latent_only_model(x=None):
+    pyro.sample("z", dist.Normal(t(0.5), 2.0))
+
+
+def test_analytic_kl_is_the_closed_form_without_noise():
+    pyro.clear_param_store()
+    guide = normal_guide()
+    objective_ = ELBO(analytic_kl=True)
+    losses = [objective_.differentiable_loss(latent_only_model, guide, X_N) for _ in range(2)]
+    m, s = pyro.param("m"), pyro.param("s")
+    exact = torch.distributions.kl_divergence(dist.Normal(m, s), dist.Normal(t(0.5), 2.0))
+    assert losses[0].item() == pytest.approx(exact.item(), rel=1e-6)
+    assert losses[1].item() == losses[0].item()  # no Monte Carlo noise left
+
+
+def test_analytic_kl_lowers_the_gradient_variance():
+    _, mc = gradient_samples(ELBO(), normal_model, normal_guide(), list(INITS_N), 200, X_N)
+    _, ak = gradient_samples(
+        ELBO(analytic_kl=True), normal_model, normal_guide(), list(INITS_N), 200, X_N
+    )
+    assert (ak.var(0) <= mc.var(0)).all(), (ak.var(0), mc.var(0))
+
+
+def test_analytic_kl_keeps_monte_carlo_terms_where_there_is_no_closed_form():
+    def student_model(x):
+        pyro.sample("z", dist.StudentT(3.0, t(0.0), 1.0))
+
+    def reinforce_guide(x):
+        pyro.sample("z", dist.Normal(t(0.3), 1.0), infer={"estimator": Reinforce(None)})
+
+    objective_ = ELBO(analytic_kl=True)
+    for model, guide in ((student_model, normal_guide()), (latent_only_model, reinforce_guide)):
+        pyro.clear_param_store()
+        values = {objective_.loss(model, guide, X_N) for _ in range(3)}
+        assert len(values) == 3  # still sampled: no closed form used
+
+
+def test_analytic_kl_errors():
+    with pytest.raises(ValueError, match=r"stl=True, analytic_kl=True"):
+        ELBO(stl=True, analytic_kl=True)
+
+    def scaled_model(x):
+        with pyro.poutine.scale(scale=0.5):
+            latent_only_model(x)
+
+    pyro.clear_param_store()
+    with pytest.raises(po.ObjectiveError, match=r"site 'z'.*same poutine.scale"):
+        ELBO(analytic_kl=True).loss(scaled_model, normal_guide(), X_N)
 
 
 # ------------------------------------------------------------------ reweighted wake-sleep
