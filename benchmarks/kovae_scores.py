@@ -575,6 +575,7 @@ def main(argv=None):
                             num_steps=args.fit_prior,
                             lr=args.fit_prior_lr,
                             generator=gen,
+                            analytic_kl=args.kl == "analytic",
                         )
                         seconds += time.perf_counter() - t_fit
                     train_s += seconds

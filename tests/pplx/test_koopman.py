@@ -616,8 +616,9 @@ def prior_nll(m, x, mask=None, draws=8, seed=7):
     return total / draws
 
 
+@pytest.mark.parametrize("analytic_kl", [False, True], ids=["mc-kl", "analytic-kl"])
 @pytest.mark.parametrize("irregular", [False, True])
-def test_fit_prior_trains_the_prior_alone_and_fits_the_posterior_paths(irregular):
+def test_fit_prior_trains_the_prior_alone_and_fits_the_posterior_paths(irregular, analytic_kl):
     x = sine(32)
     mask = None
     if irregular:
@@ -632,7 +633,13 @@ def test_fit_prior_trains_the_prior_alone_and_fits_the_posterior_paths(irregular
     nll_before = prior_nll(m, x, mask)
     m.train()
     losses = m.fit_prior(
-        x, mask, num_steps=60, batch_size=16, lr=2e-2, generator=torch.Generator().manual_seed(1)
+        x,
+        mask,
+        num_steps=60,
+        batch_size=16,
+        lr=2e-2,
+        generator=torch.Generator().manual_seed(1),
+        analytic_kl=analytic_kl,
     )
     assert losses.shape == (60,) and torch.isfinite(losses).all()
     assert m.training  # the mode is restored, as is requires_grad
