@@ -103,7 +103,8 @@ measured here (CPU, one thread; training seed 0 unless noted; details in the Koo
       training seed 1                           0.025 ± 0.011         0.054 ± 0.031
       --fit-prior 5000                          0.016 ± 0.009         0.045 ± 0.024
       --prior-lr-scale 5                        0.026 ± 0.009
-      --kl analytic                             0.017 ± 0.006
+      --kl analytic                             0.017 ± 0.006         0.051 ± 0.019
+        training seed 1                         0.026 ± 0.015
       --fit-prior 20000 --fresh-prior 1 / 8     0.023 / 0.025
       --prior-components 8                      0.014 ± 0.006         0.018 ± 0.023
         training seed 1                         0.015 ± 0.010         0.013 ± 0.013
