@@ -503,7 +503,8 @@ def main(argv=None):
     prior_tag = f"-priorlr{args.prior_lr_scale:g}" if args.prior_lr_scale != 1 else ""
     if args.prior_components > 1:
         prior_tag += f"-mix{args.prior_components}"
-    kl_tag = "-akl" if args.kl == "analytic" else ""
+    analytic_kl = args.kl == "analytic"
+    kl_tag = "-akl" if analytic_kl else ""
     start = time.perf_counter()
     for name in datasets:
         full = loaded.pop(name).to(args.device)
@@ -562,7 +563,7 @@ def main(argv=None):
                             ),
                         },
                         args.prior_lr_scale,
-                        args.kl == "analytic",
+                        analytic_kl,
                     )
                     if refit:
                         t_fit = time.perf_counter()
@@ -576,7 +577,7 @@ def main(argv=None):
                             num_steps=args.fit_prior,
                             lr=args.fit_prior_lr,
                             generator=gen,
-                            analytic_kl=args.kl == "analytic",
+                            analytic_kl=analytic_kl,
                         )
                         seconds += time.perf_counter() - t_fit
                     train_s += seconds

@@ -34,9 +34,9 @@ from pplx.objectives.base import Objective
 from pplx.objectives.program import (
     Estimate,
     ObjectiveError,
+    closed_form_kl_terms,
     current_execution,
     density,
-    elbo_terms,
     expectation,
     logmeanexp,
     simulate,
@@ -55,7 +55,7 @@ class ELBO(Objective):
             (:func:`pplx.objectives.kl.kl_at`), use :math:`-\mathrm{KL}(q \,\|\, p)` instead
             of the Monte Carlo terms :math:`\log p(z) - \log q(z)` (Pyro's
             ``TraceMeanField_ELBO``): the same expectation, lower variance. Other sites keep
-            their Monte Carlo terms. See :func:`~pplx.objectives.program.elbo_terms`.
+            their Monte Carlo terms. See :func:`~pplx.objectives.program.closed_form_kl_terms`.
     """
 
     def __init__(
@@ -78,7 +78,7 @@ class ELBO(Objective):
         q = simulate(guide, *args, **kwargs)
         p = density(model, q, *args, **kwargs)
         if self.analytic_kl:
-            return expectation(elbo_terms(q, p, analytic_kl=True))
+            return expectation(closed_form_kl_terms(q, p))
         log_q = q.log_prob_stl if self.stl else q.log_prob
         return expectation(p.log_prob - log_q)
 

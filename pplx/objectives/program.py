@@ -44,6 +44,7 @@ from pplx.estimators.strategies import (
     as_strategy,
     default_strategy,
 )
+from pplx.objectives.kl import kl_at
 from pplx.rng import untouched_state
 from pplx.traces import particle_plate
 
@@ -719,10 +720,10 @@ def density(
     return ModelDensity(Terms(items, ex.plate_nesting, ex.num_particles), model_trace)
 
 
-def elbo_terms(draw: Draw, model_density: ModelDensity, analytic_kl: bool = False) -> Terms:
-    r""":math:`\log p(x, z) - \log q(z)` as :class:`Terms`, optionally with closed-form KLs.
+def closed_form_kl_terms(draw: Draw, model_density: ModelDensity) -> Terms:
+    r""":math:`\log p(x, z) - \log q(z)` as :class:`Terms`, with closed-form KLs where known.
 
-    With ``analytic_kl=True``, at every latent site whose guide strategy is pathwise (e.g.
+    At every latent site whose guide strategy is pathwise (e.g.
     :class:`~pplx.estimators.Reparam`) and whose pair of distributions has a closed form
     (:func:`pplx.objectives.kl.kl_at`), the two Monte Carlo terms
     :math:`\log p(z) - \log q(z)` are replaced by :math:`-\mathrm{KL}(q \,\|\, p)`, scaled
@@ -734,11 +735,6 @@ def elbo_terms(draw: Draw, model_density: ModelDensity, analytic_kl: bool = Fals
         ObjectiveError: if a replaced site has different ``poutine.scale`` factors in model
             and guide (the KL would then not be a term of the ELBO).
     """
-    if not analytic_kl:
-        return model_density.log_prob - draw.log_prob
-    # deferred: pplx.objectives.kl is light, but keeps the module graph acyclic
-    from pplx.objectives.kl import kl_at
-
     records = {r.key[1]: (i, r) for i, r in enumerate(draw.records) if r.key[0] == draw.call}
     model_items, guide_items = list(model_density.log_prob.items), list(draw.log_prob.items)
     kl_items, dropped_model, dropped_guide = [], set(), set()
@@ -762,22 +758,22 @@ def elbo_terms(draw: Draw, model_density: ModelDensity, analytic_kl: bool = Fals
             kl = kl_at(record.fn, site["fn"], record.value)
         except NotImplementedError:
             continue
-        log_p = model_items[j][0]
-        if kl.shape != log_p.shape:
+        shape = model_items[j][0].shape
+        if kl.shape != shape:
             try:
-                kl = kl.expand(log_p.shape)
+                kl = kl.expand(shape)
             except RuntimeError:
                 raise ObjectiveError(
                     f"site {name!r}: the closed-form KL has shape {tuple(kl.shape)}, not the "
-                    f"site's batch shape {tuple(log_p.shape)}"
+                    f"site's batch shape {tuple(shape)}"
                 ) from None
         kl_items.append((-kl * scale, max(model_items[j][1], record.index), -1))
         dropped_model.add(j)
         dropped_guide.add(i)
     items = [item for j, item in enumerate(model_items) if j not in dropped_model]
     items += [(-t, h, o) for i, (t, h, o) in enumerate(guide_items) if i not in dropped_guide]
-    log_p = model_density.log_prob
-    return Terms(items + kl_items, log_p.plate_nesting, log_p.num_particles)
+    terms = model_density.log_prob
+    return Terms(items + kl_items, terms.plate_nesting, terms.num_particles)
 
 
 def plate_nesting_of(*programs: tuple[Callable, tuple, dict]) -> int:
