@@ -201,9 +201,9 @@ def train(
     With ``checkpoint`` (a path) the state is saved every ``checkpoint_every`` steps and at the
     end, and training resumes from the file if it exists. ``architecture``: keyword arguments
     of the network (``num_layers``, ``bidirectional_decoder``, ``encoder_batch_norm``,
-    ``prior_kl``, ``prior_components``). ``prior_lr_scale``: the prior network's learning
-    rate relative to the rest (two time scales: the prior tracks the moving aggregate
-    posterior faster). ``analytic_kl``: train with ``ELBO(analytic_kl=True)``.
+    ``prior_kl``, ``prior_components``, ``scale_transform``). ``prior_lr_scale``: the prior
+    network's learning rate relative to the rest (two time scales: the prior tracks the moving
+    aggregate posterior faster). ``analytic_kl``: train with ``ELBO(analytic_kl=True)``.
     """
     architecture = architecture or {}
     pyro.clear_param_store()
@@ -286,6 +286,7 @@ def with_fresh_prior(net, components):
         prior_kl=net.prior_kl,
         prior_hidden=net.prior_hidden,
         prior_components=components,
+        scale_transform=net.scale_transform,
     ).to(device=net.decoder_out.weight.device, dtype=net.decoder_out.weight.dtype)
     fresh.encoder = net.encoder
     kept = {k: v for k, v in net.state_dict().items() if not k.startswith("prior_")}
@@ -422,6 +423,13 @@ def main(argv=None):
         "(KoopmanVAE prior_components; 1: the paper's Gaussian)",
     )
     parser.add_argument(
+        "--scale-transform",
+        choices=["softplus", "exp"],
+        default="softplus",
+        help="how the encoder's and prior's heads give Gaussian scales (KoopmanVAE "
+        'scale_transform; "exp": exp(u / 2) of a log-variance u, as the official code)',
+    )
+    parser.add_argument(
         "--prior-lr-scale",
         type=float,
         default=1.0,
@@ -490,7 +498,8 @@ def main(argv=None):
         f"prior refit steps={args.fit_prior} (lr {args.fit_prior_lr:g}"
         f"{f', fresh prior with {args.fresh_prior} component(s)' if args.fresh_prior else ''}), "
         f"prior lr scale={args.prior_lr_scale:g}, prior components={args.prior_components}, "
-        f"predictive target={args.predictive_target or 'last'}, KL={args.kl}"
+        f"predictive target={args.predictive_target or 'last'}, KL={args.kl}, "
+        f"scale transform={args.scale_transform}"
     )
     header = (
         f"{'data':7s} {'missing':>7s} {'model':11s}{'loss/seq':>9s} {'disc':>15s} "
@@ -505,6 +514,7 @@ def main(argv=None):
         prior_tag += f"-mix{args.prior_components}"
     analytic_kl = args.kl == "analytic"
     kl_tag = "-akl" if analytic_kl else ""
+    kl_tag += "-exps" if args.scale_transform == "exp" else ""
     start = time.perf_counter()
     for name in datasets:
         full = loaded.pop(name).to(args.device)
@@ -553,6 +563,7 @@ def main(argv=None):
                             "num_layers": args.num_layers,
                             "bidirectional_decoder": args.bidirectional_decoder,
                             "encoder_batch_norm": args.encoder_batch_norm,
+                            "scale_transform": args.scale_transform,
                             **(
                                 {
                                     "prior_kl": args.prior_kl,

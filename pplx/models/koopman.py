@@ -326,6 +326,11 @@ class KoopmanVAE(nn.Module):
             :math:`\bar z` that also enters the predictive loss, independent of :math:`x`;
             the prior means then carry no information about the posterior path and the prior
             learns about white noise around a fixed mean path (rougher samples in short runs).
+        scale_transform: How the encoder's and the prior's heads give a Gaussian's scale:
+            ``"softplus"`` (default), :math:`s = \operatorname{softplus}(u) + 10^{-4}`, or
+            ``"exp"``, :math:`s = \exp(u / 2)` with :math:`u` the log-variance, as in the
+            official code. The optimum is the same; the training dynamics differ (the scale
+            starts at 1 rather than 0.69, and small scales are reached more easily).
     """
 
     def __init__(
@@ -348,6 +353,7 @@ class KoopmanVAE(nn.Module):
         encoder_batch_norm: bool = False,
         prior_hidden: int | None = None,
         prior_components: int = 1,
+        scale_transform: str = "softplus",
     ) -> None:
         super().__init__()
         prior_hidden = hidden if prior_hidden is None else prior_hidden
@@ -381,6 +387,11 @@ class KoopmanVAE(nn.Module):
         if prior_kl not in ("conditional", "free"):
             raise ValueError(f'prior_kl must be "conditional" or "free", got {prior_kl!r}')
         self.prior_kl = prior_kl
+        if scale_transform not in ("softplus", "exp"):
+            raise ValueError(
+                f'scale_transform must be "softplus" or "exp", got {scale_transform!r}'
+            )
+        self.scale_transform = scale_transform
         directions = 2 if bidirectional else 1
         # Encoder input: zero-filled observations plus the observation mask.
         self.encoder = nn.GRU(
@@ -393,7 +404,7 @@ class KoopmanVAE(nn.Module):
         # freely and run over a whole path at once for the conditional prior. A GRU module
         # (not a GRUCell) keeps its weights in the one contiguous block cuDNN wants.
         self.prior_rnn = nn.GRU(z_dim, prior_hidden, batch_first=True)
-        # Per step: the Gaussian's loc and pre-softplus scale, or, for a mixture, K logits
+        # Per step: the Gaussian's loc and untransformed scale, or, for a mixture, K logits
         # followed by K such pairs.
         K = self.prior_components
         heads = 2 * z_dim if K == 1 else K * (2 * z_dim + 1)
@@ -408,9 +419,11 @@ class KoopmanVAE(nn.Module):
 
     # ------------------------------------------------------------------ helpers
 
-    @staticmethod
-    def _gaussian(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _gaussian(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loc and scale from a head's two halves (:attr:`scale_transform` of the second)."""
         loc, pre = raw.chunk(2, -1)
+        if self.scale_transform == "exp":  # pre is the log-variance, as in the official code
+            return loc, torch.exp(0.5 * pre)
         return loc, nn.functional.softplus(pre) + 1e-4
 
     def _check(
@@ -494,7 +507,7 @@ class KoopmanVAE(nn.Module):
     def prior_distribution(self, head: torch.Tensor) -> dist.TorchDistribution:
         r"""The prior of :math:`z_t` given the prior network's output ``head``.
 
-        ``head`` has shape ``(..., 2 k)`` (Gaussian: locs, then scales before the softplus)
+        ``head`` has shape ``(..., 2 k)`` (Gaussian: locs, then untransformed scales)
         or ``(..., K (2 k + 1))`` (mixture: :math:`K` logits, then :math:`K` such pairs).
 
         A diagonal Gaussian :math:`N(m_t, s_t^2)`, or with ``prior_components=K`` the mixture
@@ -511,7 +524,7 @@ class KoopmanVAE(nn.Module):
     def _mixture_draw(self, head: torch.Tensor) -> torch.Tensor:
         """A draw of :math:`z_t` from a mixture step, reparameterised given the component.
 
-        Only the picked component's Gaussian is read out (one softplus, not :math:`K`).
+        Only the picked component's Gaussian is read out (one scale transform, not :math:`K`).
         """
         logits, pairs = self._split_mixture(head)
         batch = logits.shape[:-1]
@@ -564,7 +577,7 @@ class KoopmanVAE(nn.Module):
         zs, heads, locs, scales = [], [], [], []
         for _ in range(length):
             head, h = self._prior_step(z, h)
-            if self.prior_components == 1:  # the softplus once, for draw and distribution
+            if self.prior_components == 1:  # the scale transform once, for draw and distribution
                 loc, scale = self._gaussian(head)
                 z = loc + scale * torch.randn_like(loc)
                 locs.append(loc)

@@ -422,6 +422,42 @@ def test_gaussian_rollout_draws_loc_plus_scale_times_one_normal_per_step():
         assert torch.equal(steps.mean[:, t], loc) and torch.equal(steps.stddev[:, t], scale)
 
 
+@pytest.mark.parametrize("components", [1, 3])
+def test_exp_scale_transform_reads_log_variances_in_encoder_prior_and_rollout(components):
+    """``scale_transform="exp"`` (official code): every Gaussian scale is exp(u / 2) of its
+    head's second half; the default reads softplus(u) + 1e-4. Same parameters, so a state
+    dict moves between the two."""
+    x = sine(4, T=6).double()
+    soft = small_model(prior_components=components).double()
+    exp = small_model(prior_components=components, scale_transform="exp").double()
+    exp.load_state_dict(soft.state_dict())
+    raw = soft.encoder_out(soft.encoder(torch.cat([x, torch.ones_like(x)], -1))[0])
+    u = raw.chunk(2, -1)[1]
+    assert torch.allclose(exp.encode(x)[1], torch.exp(u / 2))
+    assert torch.allclose(soft.encode(x)[1], torch.nn.functional.softplus(u) + 1e-4)
+    z = soft.encode(x)[0]
+    if components == 1:  # the prior's per-step scales, conditional and along a free rollout
+        head = soft.prior_out(
+            soft.prior_rnn(torch.cat([torch.zeros_like(z[:, :1]), z[:, :-1]], 1))[0]
+        )
+        assert torch.allclose(exp.conditional_prior(z).stddev, torch.exp(head.chunk(2, -1)[1] / 2))
+        pyro.set_rng_seed(5)
+        path, steps = exp._rollout(7, 6)
+        head, _ = exp.prior_rnn(torch.cat([torch.zeros_like(path[:, :1]), path[:, :-1]], 1))
+        scale = torch.exp(exp.prior_out(head).chunk(2, -1)[1] / 2)
+        assert torch.allclose(steps.stddev, scale)
+    else:  # each component's scale
+        head = soft.prior_out(torch.zeros(2, soft.prior_hidden, dtype=F64))
+        pairs = soft._split_mixture(head)[1]
+        mix = exp.prior_distribution(head).component_distribution.base_dist
+        assert torch.allclose(mix.scale, torch.exp(pairs.chunk(2, -1)[1] / 2))
+    loss = Trace_ELBO().differentiable_loss(exp.model, exp.guide, x)
+    loss.backward()
+    assert torch.isfinite(loss) and exp.sample(3, 9).shape == (3, 9, 3)
+    with pytest.raises(ValueError, match="scale_transform"):
+        small_model(scale_transform="log")
+
+
 def test_prior_components_must_be_a_positive_integer():
     for bad in (0, 1.5):
         with pytest.raises(ValueError, match="prior_components must be a positive integer"):
