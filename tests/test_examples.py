@@ -31,6 +31,7 @@ EXAMPLES = {
 EXTRA_RUNS = [
     ("koopman_vae.py", ["--quick", "--missing", "0.5", "--encoder", "cde", "--out", "{out}"]),
     ("koopman_vae.py", ["--quick", "--prior-components", "3", "--out", "{out}"]),
+    ("koopman_vae.py", ["--quick", "--official", "--out", "{out}"]),
 ]
 # figures an example must write into --out
 FIGURES = {"koopman_vae.py": ("series.png", "projection.png", "eigenvalues.png")}
