@@ -279,8 +279,9 @@ class KoopmanVAE(nn.Module):
     The defaults favour speed (one-layer GRUs). The official code's recipe is
     ``KoopmanVAE(d, num_layers=3, bidirectional_decoder=True, encoder_batch_norm=True,
     prior_kl="free")`` trained with ``pplx.objectives.ELBO(analytic_kl=True)``; at the
-    paper's budget it scored 0.004 and 0.010 on sine (two training seeds; paper 0.005), at
-    about twice the time per step (the Koopman guide, "Sample quality").
+    paper's budget it scored 0.004 and 0.010 on sine (two training seeds; paper 0.005) and
+    0.019 on stocks (paper 0.009), at about twice the time per step (the Koopman guide,
+    "Sample quality").
 
     Args:
         x_dim: Number of features :math:`d`.
